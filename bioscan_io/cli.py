@@ -1,0 +1,114 @@
+"""Command-line entry points: ``bioscan-shard`` and ``bioscan-io <command>``.
+
+Every error a user can cause ends the command with exit status 2 and one line on
+stderr naming the file, record or shard at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"500MB"``, ``"1GiB"``, ``"2e9"`` or a plain integer."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]i?)?[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500MB, 1GiB, 200000000)")
+    try:
+        value = float(m.group(1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    return int(value * _UNITS[(m.group(2) or "").lower()])
+
+
+def _shard_parser(prog: str) -> argparse.ArgumentParser:
+    from .shard import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
+
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Pack one split of BIOSCAN-5M (images, barcodes, metadata) into WebDataset tar shards.",
+    )
+    p.add_argument("--root", help=f"dataset root holding bioscan5m/ (default: ${ROOT_ENV}, else the bundled demo data)")
+    p.add_argument("--split", default="pretrain",
+                   help="split, a+b union, seen, unseen, all or validation (default: pretrain)")
+    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default: {DEFAULT_PACKAGE})")
+    p.add_argument("--out", default="shards", help="output folder; shards go to OUT/SPLIT/ (default: shards)")
+    p.add_argument("--metadata", help="metadata CSV or JSON-LD to use instead of the root's")
+    p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT, help=f"most samples per shard (default: {DEFAULT_MAXCOUNT})")
+    p.add_argument("--maxsize", type=parse_size, default=DEFAULT_MAXSIZE,
+                   help="most bytes per shard, e.g. 500MB or 1GiB (default: 1GiB)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pre-shuffle (default: 0)")
+    p.add_argument("--workers", type=int, default=None, help="parallel writer processes (default: CPUs, at most 8)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="shard records that have an image; list those without one in missing_images.txt")
+    p.add_argument("--overwrite", action="store_true", help="replace shards of another run in the split folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _run(prog: str, fn, args) -> int:
+    try:
+        fn(args)
+    except BioscanError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _do_shard(args) -> None:
+    from .shard import shard_split
+
+    summary = shard_split(
+        args.root,
+        args.split,
+        package=args.package,
+        out=args.out,
+        metadata=args.metadata,
+        maxcount=args.maxcount,
+        maxsize=args.maxsize,
+        seed=args.seed,
+        workers=args.workers,
+        skip_missing=args.skip_missing,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(summary.line())
+
+
+def shard_main(argv=None) -> int:
+    """``bioscan-shard``: shard one split of a dataset root."""
+    args = _shard_parser("bioscan-shard").parse_args(argv)
+    return _run("bioscan-shard", _do_shard, args)
+
+
+def main(argv=None) -> int:
+    """``bioscan-io <command>``: ``shard`` (as bioscan-shard) or ``generate``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"shard": "pack a split into shards (same as bioscan-shard)",
+                "generate": "write a synthetic dataset in the official layout"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: bioscan-io {" + ",".join(commands) + "} ...\n", file=sys.stderr)
+        for name, text in commands.items():
+            print(f"  {name:10s} {text}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "shard":
+        args = _shard_parser("bioscan-io shard").parse_args(rest)
+        return _run("bioscan-io shard", _do_shard, args)
+    from .synth import generate_main
+
+    return generate_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Read and validate BIOSCAN-5M metadata (CSV or JSON-LD) with pyarrow.
+
+Values are typed as the official loader types them (SPEC section 1): strings,
+categorical strings (kept as plain strings here; label indices come from
+:func:`label_values`), floats, ``uint8`` and a nullable ``int64``.
+
+Large files are read in record batches and, when a cache folder is given,
+spilled to an Arrow IPC file that is then memory-mapped, so a 5M-row metadata
+file costs page cache rather than process memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .schema import (
+    COLUMN_KINDS,
+    COLUMNS,
+    NA_VALUES,
+    RANKS,
+    SPLITS,
+    BioscanError,
+)
+
+_ARROW_TYPES = {
+    "str": pa.string(),
+    "category": pa.string(),
+    "float": pa.float64(),
+    "uint8": pa.uint8(),
+    "Int64": pa.int64(),
+}
+
+#: The Arrow schema of the metadata, columns in file order.
+SCHEMA = pa.schema([(c, _ARROW_TYPES[COLUMN_KINDS[c]]) for c in COLUMNS])
+
+_BLOCK_SIZE = 16 << 20
+_NA_SET = frozenset(NA_VALUES)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise BioscanError(f"metadata file not found: {path}")
+    if path.is_dir():
+        raise BioscanError(f"metadata path is a folder, not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise BioscanError(f"metadata file is not readable (permission denied): {path}")
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        raise BioscanError(f"unreadable metadata CSV {path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise BioscanError(f"unreadable metadata CSV {path}: {exc}") from None
+    if not header:
+        raise BioscanError(f"unreadable metadata CSV {path}: the file is empty")
+    return header
+
+
+def _check_columns(names, path: Path) -> None:
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise BioscanError(f"metadata {path} is missing column(s): {', '.join(missing)}")
+
+
+def _csv_batches(path: Path):
+    """Typed record batches of a metadata CSV, in file order."""
+    header = _csv_header(path)
+    _check_columns(header, path)
+    convert = pacsv.ConvertOptions(
+        column_types=SCHEMA,
+        include_columns=list(COLUMNS),
+        null_values=list(NA_VALUES),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=_BLOCK_SIZE),
+            convert_options=convert,
+        )
+        for batch in reader:
+            yield batch
+    except pa.ArrowInvalid as exc:
+        raise BioscanError(f"unreadable metadata CSV {path}: {_explain(exc, header, path)}") from None
+
+
+def _explain(exc: Exception, header: list[str], path: Path) -> str:
+    """pyarrow's message, with the column named and the record found for a bad value."""
+    text = _first_line(exc)
+    m = re.search(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'", text)
+    if not m or int(m.group(1)) >= len(header):
+        return text
+    column, kind, value = header[int(m.group(1))], m.group(2), m.group(3)
+    where = ""
+    with open(path, newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.DictReader(f), start=1):
+            if row.get(column) == value:
+                where = f"record {number} ({row.get('processid')}): "
+                break
+    return f"{where}column {column!r} holds {value!r}, which is not a valid {kind}"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _jsonld_table(path: Path) -> pa.Table:
+    """The records of a JSON-LD metadata file (``@graph`` list of objects)."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BioscanError(f"unreadable metadata JSON-LD {path}: {_first_line(exc)}") from None
+    records = doc.get("@graph") if isinstance(doc, dict) else doc
+    if not isinstance(records, list):
+        raise BioscanError(f"unreadable metadata JSON-LD {path}: no '@graph' list of records")
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise BioscanError(f"unreadable metadata JSON-LD {path}: record {bad + 1} is not an object")
+    if records:
+        _check_columns(set().union(*(r.keys() for r in records[:1000])), path)
+    else:
+        raise BioscanError(f"metadata JSON-LD {path} holds no records")
+    columns = {}
+    for name in COLUMNS:
+        # Missing is null whichever way the file spells it, as in the CSV.
+        values = [None if isinstance(v := r.get(name), str) and v in _NA_SET else v for r in records]
+        try:
+            columns[name] = pa.array(values, type=SCHEMA.field(name).type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise BioscanError(
+                f"metadata JSON-LD {path}: column {name!r} has a value of the wrong type ({_first_line(exc)})"
+            ) from None
+    return pa.table(columns, schema=SCHEMA)
+
+
+def _validate(table: pa.Table, path: Path) -> None:
+    """Refuse a table with missing or duplicate processids or unknown splits."""
+    pid = table.column("processid")
+    if pid.null_count:
+        row = int(np.flatnonzero(pc.is_null(pid).to_numpy(zero_copy_only=False))[0])
+        raise BioscanError(f"metadata {path}: record {row + 1} has no processid")
+    counts = pc.value_counts(pid)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        names = ", ".join(str(v) for v in dup.field("values")[:5].to_pylist())
+        more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
+        raise BioscanError(f"metadata {path}: duplicate processid {names}{more}")
+    split = table.column("split")
+    unknown = pc.invert(pc.is_in(split, value_set=pa.array(SPLITS)))
+    unknown = pc.fill_null(unknown, True)
+    if pc.any(unknown).as_py():
+        row = int(np.flatnonzero(unknown.to_numpy(zero_copy_only=False))[0])
+        value = split[row].as_py()
+        raise BioscanError(
+            f"metadata {path}: record {row + 1} ({pid[row].as_py()}) has unknown split {value!r}; "
+            f"valid splits are {', '.join(SPLITS)}"
+        )
+
+
+def read_metadata(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> pa.Table:
+    """Read a BIOSCAN-5M metadata file into a typed, validated Arrow table.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The metadata CSV (``.csv``) or its JSON-LD twin (``.jsonld`` / ``.json``).
+    cache_dir : str or path-like, optional
+        If given, the records are streamed into an Arrow IPC file in this folder
+        (named after the file's path, size and mtime, and reused by later calls) and
+        the table returned is memory-mapped from it, keeping process memory bounded
+        for 5M rows; :func:`open_cached` reopens it, e.g. in worker processes.
+
+    Returns
+    -------
+    pyarrow.Table
+        The 23 columns of :data:`SCHEMA`, in file order, one row per record.
+
+    Raises
+    ------
+    BioscanError
+        If the file is missing or unreadable, lacks a column, has a value of the
+        wrong type, a duplicate or missing processid, or an unknown split.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if cache_dir is None:
+        table = pa.Table.from_batches(list(_batches(path)), schema=SCHEMA)
+    else:
+        table = open_cached(_write_cache(path, Path(cache_dir)))
+    _validate(table, path)
+    return table
+
+
+def _batches(path: Path):
+    if path.suffix.lower() in (".jsonld", ".json"):
+        return _jsonld_table(path).to_batches()
+    return _csv_batches(path)
+
+
+def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """Where :func:`read_metadata` keeps the Arrow IPC copy of a metadata file."""
+    path = Path(path)
+    stat = path.stat()
+    tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"metadata-{tag}.arrow"
+
+
+def _write_cache(path: Path, cache_dir: Path) -> Path:
+    cache = cache_path(path, cache_dir)
+    if not cache.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+                for batch in _batches(path):
+                    writer.write_batch(batch)
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return cache
+
+
+def open_cached(cache: str | os.PathLike) -> pa.Table:
+    """Memory-map an Arrow IPC file written by :func:`read_metadata`."""
+    return pa.ipc.open_file(pa.memory_map(str(cache), "r")).read_all()
+
+
+def label_values(table: pa.Table) -> dict[str, list[str]]:
+    """Per rank, the sorted distinct non-missing values of the whole table.
+
+    A record's label index at a rank is the position of its value in this list
+    (-1 when missing): the rule of the official ``bioscan-dataset`` loader, whose
+    pandas categorical codes sort values in Python string order.
+    """
+    return {rank: sorted(pc.unique(table.column(rank)).drop_null().to_pylist()) for rank in RANKS}
+
+
+def label_indices(values: list[str], column) -> np.ndarray:
+    """Label indices (int64, -1 for missing) of a column against a sorted value list."""
+    if not isinstance(column, (pa.Array, pa.ChunkedArray)):
+        column = pa.array(column, type=pa.string())
+    idx = pc.index_in(column, value_set=pa.array(values, type=pa.string()))
+    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -1,0 +1,204 @@
+"""The BIOSCAN-5M dataset's facts, in one place.
+
+Every other module imports its column names, splits, ranks, image packages and
+folder layout from here, named as the dataset names them (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+#: Metadata columns, in the order of the published CSV file.
+COLUMNS = (
+    "processid",
+    "sampleid",
+    "taxon",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "subfamily",
+    "genus",
+    "species",
+    "dna_bin",
+    "dna_barcode",
+    "country",
+    "province_state",
+    "coord-lat",
+    "coord-lon",
+    "image_measurement_value",
+    "area_fraction",
+    "scale_factor",
+    "inferred_ranks",
+    "split",
+    "index_bioscan_1M_insect",
+    "chunk",
+)
+
+#: Plain string columns (never categorical).
+STRING_COLUMNS = ("processid", "sampleid", "dna_barcode", "split", "chunk")
+#: Categorical string columns; an empty cell means missing.
+CATEGORICAL_COLUMNS = (
+    "taxon",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "subfamily",
+    "genus",
+    "species",
+    "dna_bin",
+    "country",
+    "province_state",
+)
+#: Float columns; an empty cell means missing.
+FLOAT_COLUMNS = (
+    "coord-lat",
+    "coord-lon",
+    "image_measurement_value",
+    "area_fraction",
+    "scale_factor",
+)
+#: Small unsigned integer column.
+UINT8_COLUMNS = ("inferred_ranks",)
+#: Nullable integer column.
+NULLABLE_INT_COLUMNS = ("index_bioscan_1M_insect",)
+
+#: The column type of every column, as the official loader reads them
+#: ("str", "category", "float", "uint8", "Int64").
+COLUMN_KINDS = {
+    **{c: "str" for c in STRING_COLUMNS},
+    **{c: "category" for c in CATEGORICAL_COLUMNS},
+    **{c: "float" for c in FLOAT_COLUMNS},
+    **{c: "uint8" for c in UINT8_COLUMNS},
+    **{c: "Int64" for c in NULLABLE_INT_COLUMNS},
+}
+assert set(COLUMN_KINDS) == set(COLUMNS)
+
+#: Ranks that have a label index (``<rank>_index``), in taxonomic order.
+RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species", "dna_bin")
+#: The taxonomic ranks proper (no BIN).
+TAXONOMIC_RANKS = RANKS[:-1]
+#: Ranks used in the CLIP taxonomy text, and the word standing for a missing one.
+TEXT_RANKS = ("order", "family", "genus", "species")
+MISSING_RANK_TEXT = "not_classified"
+
+#: The eight partitions, with their sizes in the full release.
+SPLIT_SIZES = {
+    "pretrain": 4_677_756,
+    "train": 289_203,
+    "val": 14_757,
+    "test": 39_373,
+    "key_unseen": 36_465,
+    "val_unseen": 8_819,
+    "test_unseen": 7_887,
+    "other_heldout": 76_590,
+}
+SPLITS = tuple(SPLIT_SIZES)
+SEEN_SPLITS = ("train", "val", "test")
+UNSEEN_SPLITS = ("key_unseen", "val_unseen", "test_unseen")
+#: Names that stand for a union of splits.
+SPLIT_UNIONS = {"all": SPLITS, "seen": SEEN_SPLITS, "unseen": UNSEEN_SPLITS}
+SPLIT_ALIASES = {"validation": "val"}
+
+#: Characters of md5(processid) that name the image's chunk folder, per split.
+CHUNK_LENGTH = {
+    "pretrain": 2,
+    "train": 1,
+    "other_heldout": 1,
+    "val": 0,
+    "test": 0,
+    "key_unseen": 0,
+    "val_unseen": 0,
+    "test_unseen": 0,
+}
+
+#: Image packages, and the default one.
+PACKAGES = ("original_full", "cropped", "original_256", "cropped_256")
+DEFAULT_PACKAGE = "cropped_256"
+
+#: Folder layout under a dataset root.
+DATASET_DIR = "bioscan5m"
+METADATA_CSV = os.path.join(DATASET_DIR, "metadata", "csv", "BIOSCAN_5M_Insect_Dataset_metadata.csv")
+METADATA_JSONLD = os.path.join(
+    DATASET_DIR, "metadata", "jsonld", "BIOSCAN_5M_Insect_Dataset_metadata.jsonld"
+)
+IMAGES_DIR = os.path.join(DATASET_DIR, "images")
+
+#: Environment variable naming the dataset root.
+ROOT_ENV = "BIOSCAN5M_ROOT"
+
+#: Image normalisation constants of the dataset (RGB, 0..1 scale).
+RGB_MEAN = (0.76281859, 0.76503749, 0.76373138)
+RGB_STD = (0.14205404, 0.15642502, 0.17309470)
+
+#: Barcodes are truncated to this many bases for modelling (never when sharding).
+MAX_NUCLEOTIDES = 660
+
+
+class BioscanError(Exception):
+    """A problem with the user's input: its message names the file, record or shard."""
+
+
+def chunk_of(processid: str, split: str) -> str:
+    """The chunk folder name of a record: the first characters of md5(processid).
+
+    Empty for the splits that have no chunk folders.
+    """
+    n = CHUNK_LENGTH[split]
+    if n == 0:
+        return ""
+    return hashlib.md5(processid.encode("utf-8")).hexdigest()[:n]
+
+
+def image_relpath(processid: str, split: str, chunk: str | None, package: str = DEFAULT_PACKAGE) -> str:
+    """Path of a record's image relative to the dataset root."""
+    parts = [IMAGES_DIR, package, split]
+    if chunk:
+        parts.append(chunk)
+    parts.append(processid + ".jpg")
+    return os.path.join(*parts)
+
+
+def expand_split(name: str) -> tuple[str, ...]:
+    """The canonical splits that a split argument stands for, in release order.
+
+    Accepts one split, ``a+b`` unions, ``seen``, ``unseen``, ``all`` and the alias
+    ``validation``.
+
+    Raises
+    ------
+    BioscanError
+        If any part is not a split name.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise BioscanError(f"empty split name; valid names are {', '.join(SPLITS + tuple(SPLIT_UNIONS))}")
+    wanted = set()
+    for part in name.split("+"):
+        part = SPLIT_ALIASES.get(part.strip(), part.strip())
+        if part in SPLIT_UNIONS:
+            wanted.update(SPLIT_UNIONS[part])
+        elif part in SPLIT_SIZES:
+            wanted.add(part)
+        else:
+            valid = ", ".join(SPLITS + tuple(SPLIT_UNIONS) + tuple(SPLIT_ALIASES))
+            raise BioscanError(f"unknown split {part!r} in {name!r}; valid names are {valid}")
+    return tuple(s for s in SPLITS if s in wanted)
+
+
+def split_folder_name(name: str) -> str:
+    """The folder name used for a split argument: canonical parts joined by ``+``.
+
+    Unions named by a keyword keep the keyword (``seen``), so ``shards/seen/``.
+    """
+    parts = [SPLIT_ALIASES.get(p.strip(), p.strip()) for p in name.split("+")]
+    expand_split(name)  # validates
+    return "+".join(parts)
+
+#: Cell values read as missing: the defaults of ``pandas.read_csv``, which the
+#: official loader uses, so that missing labels agree with it exactly.
+NA_VALUES = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)

@@ -1,0 +1,30 @@
+"""Shared fixtures: datasets made by the project's own generator (bioscan_io.synth)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from bioscan_io import synth
+
+@pytest.fixture(scope="session")
+def dataset_5k(tmp_path_factory) -> Path:
+    """A generated 5,000-record dataset in the official layout (cropped_256)."""
+    root = tmp_path_factory.mktemp("bioscan5k")
+    synth.generate(root, n_records=5000, seed=7, workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset_small(tmp_path_factory) -> Path:
+    """A generated 400-record dataset, for the quick tests."""
+    root = tmp_path_factory.mktemp("bioscan400")
+    synth.generate(root, n_records=400, seed=3, workers=2)
+    return root
+
+
+def cli(*args: str) -> list[str]:
+    """argv running ``bioscan-io`` with this interpreter."""
+    return [sys.executable, "-m", "bioscan_io.cli", *args]
