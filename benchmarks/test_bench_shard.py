@@ -57,7 +57,7 @@ def test_tar_cf_images(benchmark, root):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_bioscan_shard(benchmark, root, workers):
     def run(out):
-        s = shard_split(root, "all", out=out, maxcount=1000, workers=workers, progress=False, log=lambda m: None)
+        s = shard_split(root, "all", out=out, maxcount=250, workers=workers, progress=False, log=lambda m: None)
         assert s.records == N_RECORDS
         shutil.rmtree(out)
 
