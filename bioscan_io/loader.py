@@ -1,0 +1,486 @@
+"""``make_loader``: WebDataset pipelines for the tasks of the BIOSCAN-5M paper.
+
+Each DataLoader worker runs one pipeline, a list of small stages::
+
+    epoch plan (this rank's and worker's shard segments, distributed.py)
+      -> read samples (only the tar members the task needs)
+      -> shuffle (seeded buffer; training only)
+      -> decode (json, image decode + augment)
+      -> batch + collate (one tokenizer call per batch, images stacked)
+
+Batches are dicts of torch tensors, plus lists of strings for ids and text:
+
+=========  ===================================================================
+task       keys
+=========  ===================================================================
+mlm        processid, input_ids, attention_mask, labels
+classify   processid, label, and input_ids + attention_mask (``modality="dna"``)
+           or image (``modality="image"``)
+clip       processid, image, input_ids, attention_mask, text
+embed      processid, ``<rank>_index`` for every rank, and input_ids +
+           attention_mask and/or image (``modality``)
+=========  ===================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import posixpath
+import random
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import distributed as dist_plan
+from . import images as im
+from .schema import MAX_NUCLEOTIDES, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
+from .tokenizer import KmerTokenizer
+
+TASKS = ("mlm", "classify", "clip", "embed")
+MANIFEST = "manifest.json"
+LABELS = "labels.json"
+
+
+# ----------------------------------------------------------------------------- shard lists
+
+
+@dataclass
+class ShardSet:
+    """Shard URLs with their sample counts, and the label values if known."""
+
+    urls: list[str]
+    counts: list[int]
+    labels: dict | None = None
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+
+def _read_text(url: str) -> str | None:
+    """A small file by path or any URL webdataset opens; None if it is not there."""
+    if "://" not in url and not url.startswith("pipe:"):
+        path = Path(url)
+        return path.read_text() if path.is_file() else None
+    try:
+        with wds.gopen(url) as f:
+            data = f.read()
+    except Exception:
+        return None
+    return data.decode() if isinstance(data, bytes) else data
+
+
+def _dirname(url: str) -> str:
+    return posixpath.dirname(url) if "://" in url else str(Path(url).parent)
+
+
+def _join(base: str, name: str) -> str:
+    return posixpath.join(base, name) if "://" in base else str(Path(base) / name)
+
+
+def find_shards(urls) -> ShardSet:
+    """Resolve ``urls`` to shard URLs with exact counts.
+
+    ``urls`` may be a split folder, its ``manifest.json``, a brace pattern, a list
+    of URLs, or remote URLs webdataset opens. Counts come from the manifest beside
+    the shards; local shards without one are counted by reading their headers.
+    """
+    manifest_url = None
+    if isinstance(urls, (str, Path)):
+        text = str(urls)
+        if Path(text).is_dir():
+            manifest_url = str(Path(text) / MANIFEST)
+            listed = None
+        elif text.endswith(".json"):
+            manifest_url = text
+            listed = None
+        else:
+            listed = list(wds.shardlists.expand_urls(text))
+    else:
+        listed = [str(u) for u in urls]
+        if not listed:
+            raise BioscanError("no shard URLs given")
+    if manifest_url is None:
+        manifest_url = _join(_dirname(listed[0]), MANIFEST)
+    text = _read_text(manifest_url)
+    manifest = None
+    if text is not None:
+        try:
+            manifest = json.loads(text)
+        except ValueError as exc:
+            raise BioscanError(f"unreadable shard manifest {manifest_url}: {exc}") from None
+    elif listed is None:
+        raise BioscanError(f"no shard manifest at {manifest_url}")
+
+    base = _dirname(manifest_url)
+    if manifest is not None:
+        by_name = {s["name"]: s["count"] for s in manifest["shards"]}
+        if listed is None:
+            listed = [_join(base, s["name"]) for s in manifest["shards"]]
+        names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise BioscanError(f"shard {unknown[0]} is not in the manifest {manifest_url}")
+        counts = [by_name[n] for n in names]
+    else:
+        counts = [_count_local(u) for u in listed]
+    labels_text = _read_text(_join(_dirname(base), LABELS))
+    labels = json.loads(labels_text)["ranks"] if labels_text else None
+    return ShardSet(listed, counts, labels)
+
+
+def _count_local(url: str) -> int:
+    if "://" in url or url.startswith("pipe:") or not Path(url).is_file():
+        raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
+    keys = set()
+    with tarfile.open(url) as tar:
+        for info in tar:
+            keys.add(_split_name(info.name)[0])
+    return len(keys)
+
+
+# ----------------------------------------------------------------------------- stages
+
+_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/extension rule
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    m = _NAME.match(name)
+    return (m.group(1), m.group(2)) if m else (name, "")
+
+
+def read_segments(segments, urls: list[str], wanted: frozenset[str]):
+    """Samples ``start <= i < stop`` of each segment's shard, with the wanted members."""
+    for seg in segments:
+        yield from _read_segment(urls[seg.shard], seg.start, seg.stop, wanted)
+
+
+def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
+    stream = wds.gopen(url)
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        index, key, sample = -1, None, None
+        for info in tar:
+            if not info.isreg():
+                continue
+            name_key, ext = _split_name(info.name)
+            if name_key != key:
+                if sample is not None and index >= start:
+                    yield sample
+                index, key = index + 1, name_key
+                if index >= stop:
+                    return
+                sample = {"__key__": key, "__url__": url}
+            if index >= start and ext in wanted:
+                sample[ext] = tar.extractfile(info).read()
+            tar.members = []  # stream mode: keep memory flat
+        if sample is not None and start <= index < stop:
+            yield sample
+    finally:
+        stream.close()
+
+
+def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:
+    """Per-sample generator: augmentation depends on (seed, epoch, processid) only."""
+    digest = hashlib.blake2b(f"{seed}|{epoch}|{key}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+@dataclass
+class _Task:
+    """What a task reads from each sample and how it decodes and collates it."""
+
+    name: str
+    modalities: tuple[str, ...]
+    train: bool
+    seed: int
+    tokenizer: KmerTokenizer
+    mask_prob: float = 0.5
+    label_mode: str = "masked"
+    random_offset: bool = False
+    token_dtype: torch.dtype = torch.int64
+    label_rank: str = "species"
+    labels: dict | None = None
+    image_size: int = 224
+    resize: int = 256
+    image_dtype: str = "uint8"
+    hflip: bool = True
+    vflip: bool = False
+    _lookup: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.labels is not None:
+            self._lookup = {r: {v: i for i, v in enumerate(vals)} for r, vals in self.labels.items()}
+
+    @property
+    def members(self) -> frozenset[str]:
+        wanted = set()
+        if "dna" in self.modalities:
+            wanted.add("dna")
+        if "image" in self.modalities:
+            wanted.add("jpg")
+        if self.name != "mlm":
+            wanted.add("json")
+        return frozenset(wanted)
+
+    def decode(self, sample: dict, epoch: int) -> dict:
+        key = sample["__key__"]
+        where = f"{sample['__url__']}: {key}"
+        for ext in self.members:
+            if ext not in sample:
+                raise BioscanError(f"shard {sample['__url__']}: sample {key} has no .{ext} member")
+        out = {"processid": key}
+        if "dna" in sample:
+            out["dna"] = sample["dna"]
+        if "json" in sample:
+            try:
+                out["record"] = json.loads(sample["json"])
+            except ValueError as exc:
+                raise BioscanError(f"bad JSON in {where}.json: {exc}") from None
+        if "jpg" in sample:
+            img = im.decode(sample["jpg"], f"{where}.jpg")
+            if self.train:
+                out["image"] = im.train_transform(img, self.image_size, _sample_rng(self.seed, epoch, key),
+                                                  hflip=self.hflip, vflip=self.vflip)
+            else:
+                out["image"] = im.eval_transform(img, self.image_size, self.resize)
+        return out
+
+    def label_index(self, record: dict, rank: str) -> int:
+        value = record.get(rank)
+        return -1 if value is None else self._lookup[rank].get(value, -1)
+
+    def collate(self, samples: list[dict], epoch: int) -> dict:
+        pids = [s["processid"] for s in samples]
+        batch: dict = {"processid": pids}
+        if self.name == "mlm":
+            batch.update(self.tokenizer.encode_mlm(
+                [s["dna"] for s in samples], pids, seed=self.seed, epoch=epoch,
+                mask_prob=self.mask_prob, label_mode=self.label_mode,
+                random_offset=self.random_offset, return_tensors="pt",
+                dtype=np.int64 if self.token_dtype == torch.int64 else np.int32,
+            ))
+            return batch
+        if "dna" in self.modalities:
+            ids, att = self.tokenizer.encode(
+                [s["dna"] for s in samples], return_tensors="pt",
+                dtype=np.int64 if self.token_dtype == torch.int64 else np.int32,
+            )
+            batch["input_ids"], batch["attention_mask"] = ids, att
+        if "image" in self.modalities:
+            batch["image"] = im.stack([s["image"] for s in samples], self.image_dtype)
+        records = [s["record"] for s in samples]
+        if self.name == "classify":
+            batch["label"] = torch.tensor([self.label_index(r, self.label_rank) for r in records], dtype=torch.int64)
+        elif self.name == "clip":
+            batch["text"] = [" ".join(r.get(k) or MISSING_RANK_TEXT for k in TEXT_RANKS) for r in records]
+        elif self.name == "embed":
+            for rank in RANKS:
+                batch[f"{rank}_index"] = torch.tensor([self.label_index(r, rank) for r in records], dtype=torch.int64)
+        return batch
+
+
+class EpochStream(IterableDataset):
+    """One rank's batches for the current epoch; each DataLoader worker runs its share."""
+
+    def __init__(self, shards: ShardSet, task: _Task, *, batch_size: int, drop_last: bool, pad: bool,
+                 shuffle: bool, shuffle_buffer: int, rank: int, world_size: int, epoch):
+        self.shards, self.task = shards, task
+        self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
+        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
+        self.rank, self.world_size = rank, world_size
+        self._epoch = epoch  # shared with the workers, so set_epoch reaches persistent ones
+
+    def __len__(self) -> int:
+        return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size,
+                                          self.pad, self.drop_last, self.rank)
+
+    def plan(self, epoch: int, worker: int, num_workers: int) -> list[dist_plan.Segment]:
+        """The shard segments this rank's ``worker`` reads in ``epoch``."""
+        order = dist_plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle)
+        start, stop = dist_plan.rank_range(self.shards.total, self.rank, self.world_size, self.pad)
+        lo, hi = dist_plan.worker_range(start, stop, self.batch_size, worker, num_workers, self.drop_last)
+        return dist_plan.segments(self.shards.counts, order, lo, hi)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = int(self._epoch.value)
+        task = self.task
+        segments = self.plan(epoch, worker, num_workers)
+        stages = [
+            lambda: iter(segments),
+            lambda segs: read_segments(segs, self.shards.urls, task.members),
+        ]
+        if self.shuffle:
+            rng = random.Random(f"{task.seed}|{epoch}|{self.rank}|{worker}")
+            stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng))
+        stages += [
+            wds.map(lambda sample: task.decode(sample, epoch)),
+            wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch), partial=True),
+        ]
+        return iter(wds.DataPipeline(*stages))
+
+
+class BioscanLoader:
+    """A DataLoader over an :class:`EpochStream`, with exact ``len`` and ``set_epoch``."""
+
+    def __init__(self, dataset: EpochStream, dataloader: DataLoader, epoch):
+        self.dataset, self.dataloader, self._epoch = dataset, dataloader, epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: its shard order, shuffle, masks and augmentation."""
+        self._epoch.value = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        return iter(self.dataloader)
+
+
+def make_loader(
+    urls,
+    task: str = "mlm",
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    seed: int = 0,
+    epoch: int = 0,
+    train: bool | None = None,
+    shuffle: bool | None = None,
+    shuffle_buffer: int = 1000,
+    drop_last: bool = False,
+    pad: bool | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    modality=None,
+    label_rank: str = "species",
+    k: int = 4,
+    max_len: int = MAX_NUCLEOTIDES,
+    n_as_base: bool = False,
+    mask_prob: float = 0.5,
+    label_mode: str = "masked",
+    random_offset: bool = False,
+    token_dtype: torch.dtype = torch.int64,
+    image_size: int = 224,
+    resize: int = 256,
+    image_dtype: str = "uint8",
+    hflip: bool = True,
+    vflip: bool = False,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = 2,
+) -> BioscanLoader:
+    """A PyTorch DataLoader over BIOSCAN-5M shards for one task.
+
+    Parameters
+    ----------
+    urls : str, path or list of str
+        A split folder, its ``manifest.json``, a brace pattern
+        (``shards/train/train-{000000..000028}.tar``), a list of URLs, or remote URLs
+        webdataset opens (``pipe:``, ``http(s)://``...) with a manifest beside them.
+    task : {"mlm", "classify", "clip", "embed"}
+        What the batches hold (module docstring).
+    batch_size : int
+        Samples per batch (the last batch of a rank may be smaller unless ``drop_last``).
+    num_workers : int
+        DataLoader worker processes; the epoch's samples do not depend on it.
+    seed, epoch : int
+        Select the shard order, shuffle, masks and augmentation; change the epoch
+        with :meth:`BioscanLoader.set_epoch` (as with DistributedSampler).
+    train : bool, optional
+        Random augmentation and shuffling (default: True except for ``embed``).
+    shuffle : bool, optional
+        Shuffle shard order and samples (default: ``train``).
+    shuffle_buffer : int
+        Samples held by each worker's shuffle buffer.
+    drop_last : bool
+        Drop each rank's last partial batch.
+    pad : bool, optional
+        Give every rank ``ceil(N / world_size)`` samples, repeating fewer than
+        ``world_size`` samples, so all ranks yield the same number of batches
+        (default: True except for ``embed``, which yields every record exactly once).
+    rank, world_size : int, optional
+        Default: from torch.distributed when initialised, else ``RANK``/``WORLD_SIZE``.
+    modality : str or tuple of str, optional
+        ``classify``: ``"dna"`` (default) or ``"image"``; ``embed``: any of
+        ``("dna", "image")`` (default both).
+    label_rank : str
+        The rank of ``label`` for ``classify`` (default species; indices per labels.json).
+    k, max_len, n_as_base, mask_prob, label_mode, random_offset, token_dtype
+        Tokenizer and masking settings (:class:`bioscan_io.tokenizer.KmerTokenizer`).
+    image_size, resize, image_dtype, hflip, vflip
+        Crop size, evaluation resize, ``"uint8"`` (normalise on the GPU with
+        :func:`bioscan_io.images.normalize`) or ``"float32"`` (normalised here), flips.
+    pin_memory, persistent_workers, prefetch_factor
+        Passed to the DataLoader (defaults: pin if CUDA is available; persistent
+        when there are workers).
+
+    Returns
+    -------
+    BioscanLoader
+        Iterable of batches with an exact ``len()`` and ``set_epoch()``.
+    """
+    if task not in TASKS:
+        raise BioscanError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    if batch_size < 1:
+        raise BioscanError(f"batch_size must be at least 1, got {batch_size}")
+    modalities = _modalities(task, modality)
+    shards = find_shards(urls)
+    if task in ("classify", "embed") and shards.labels is None:
+        raise BioscanError(f"task {task!r} needs labels.json beside the split folder of {shards.urls[0]}")
+    if task == "classify" and label_rank not in RANKS:
+        raise BioscanError(f"unknown label_rank {label_rank!r}; ranks are {', '.join(RANKS)}")
+    if train is None:
+        train = task != "embed"
+    if pad is None:
+        pad = task != "embed"
+    if shuffle is None:
+        shuffle = train
+    if rank is None or world_size is None:
+        rank, world_size = dist_plan.world_info()
+    if not 0 <= rank < world_size:
+        raise BioscanError(f"rank {rank} is outside world size {world_size}")
+    spec = _Task(
+        task, modalities, train, seed, KmerTokenizer(k=k, max_len=max_len, n_as_base=n_as_base),
+        mask_prob=mask_prob, label_mode=label_mode, random_offset=random_offset, token_dtype=token_dtype,
+        label_rank=label_rank, labels=shards.labels, image_size=image_size, resize=resize,
+        image_dtype=image_dtype, hflip=hflip, vflip=vflip,
+    )
+    shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
+    dataset = EpochStream(shards, spec, batch_size=batch_size, drop_last=drop_last, pad=pad,
+                          shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
+                          world_size=world_size, epoch=shared_epoch)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        kwargs["prefetch_factor"] = prefetch_factor
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs,
+    )
+    return BioscanLoader(dataset, loader, shared_epoch)
+
+
+def _modalities(task: str, modality) -> tuple[str, ...]:
+    defaults = {"mlm": ("dna",), "classify": ("dna",), "clip": ("image", "dna"), "embed": ("dna", "image")}
+    if modality is None or task in ("mlm", "clip"):
+        return defaults[task]
+    chosen = (modality,) if isinstance(modality, str) else tuple(modality)
+    bad = [m for m in chosen if m not in ("dna", "image")]
+    if bad or not chosen or (task == "classify" and len(chosen) != 1):
+        raise BioscanError(f"modality for {task!r} must be {'one of' if task == 'classify' else 'any of'} 'dna', 'image'; got {modality!r}")
+    return chosen
