@@ -216,3 +216,13 @@ def test_distributed_ranks_equal_disjoint_and_complete(shards, tmp_path, world, 
         assert repeats == world * -(-total // world) - total < world  # the documented padding
         assert all(len(p) == len(set(p)) for p in per_rank)
     assert results[0]["epochs"][0]["pids"] != results[0]["epochs"][1]["pids"]
+
+
+def test_example_trains_under_torchrun_on_cpu(shards, tmp_path):
+    """examples/train_mlm.py, as the README runs it, for a few steps on 2 CPU ranks."""
+    script = HERE.parent / "examples" / "train_mlm.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), "--shards", str(shards / "all"), "--steps", "6", "--batch-size", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 5 loss" in proc.stdout and "done: 6 steps" in proc.stdout

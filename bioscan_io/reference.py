@@ -1,0 +1,201 @@
+"""Pure-Python reference of the k-mer tokenizer: the test oracle of ``bioscan_io._kmer``.
+
+Written for clarity, one sequence and one position at a time, straight from the
+specification; :class:`bioscan_io.tokenizer.KmerTokenizer` must agree with it bit
+for bit. It is also the normative definition of the random generator.
+
+Random generator
+----------------
+All arithmetic is modulo ``2**64``. ``GOLDEN = 0x9E3779B97F4A7C15``.
+
+``mix64(z)``
+    SplitMix64's finaliser::
+
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+        return z ^ (z >> 31)
+
+``fnv1a64(b)``
+    64-bit FNV-1a of the processid's UTF-8 bytes ``b``: ``h = 0xCBF29CE484222325``,
+    then ``h = (h ^ byte) * 0x100000001B3`` for each byte.
+
+``sample_key(pid, seed, epoch)``
+    ``s = mix64(mix64(seed + GOLDEN) + (epoch + 1) * GOLDEN)`` (one per batch), and
+    ``key = mix64(s ^ fnv1a64(pid))``.
+
+``rand(key, c)``
+    The counter-based stream: ``mix64(key + (c + 1) * GOLDEN)`` (the ``c``-th output
+    of a SplitMix64 generator whose state starts at ``key``).
+
+``offset_draw(key, k)``
+    ``mix64(key) % k``.
+
+``uniform32(key, t)`` for token position ``t`` (``0 <= t < 2**32``)
+    A 32-bit integer whose top byte is byte ``t % 8`` (least significant first) of
+    ``rand(key, t // 8)`` and whose low 24 bits are those of
+    ``rand(key, 2**32 + t)``. (The kernel draws one hash per eight positions and
+    needs the second one only when the top byte ties the threshold's.)
+
+``masked(key, t, p)``
+    ``uniform32(key, t) / 2**32 < p``, for a maskable position ``t``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+MASK_ID = 0
+UNK_ID = 1
+IGNORE_INDEX = -100
+
+GOLDEN = 0x9E3779B97F4A7C15
+M64 = (1 << 64) - 1
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+
+
+def mix64(z: int) -> int:
+    """SplitMix64 finaliser of a 64-bit integer."""
+    z &= M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def fnv1a64(data: bytes) -> int:
+    """64-bit FNV-1a hash of bytes."""
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & M64
+    return h
+
+
+def as_bytes(s: str | bytes | None) -> bytes:
+    """A sequence or processid as bytes (UTF-8 for str; None is empty)."""
+    if s is None:
+        return b""
+    if isinstance(s, str):
+        return s.encode("utf-8", "surrogatepass")
+    return bytes(s)
+
+
+def sample_key(processid: str | bytes, seed: int, epoch: int) -> int:
+    """The generator key of one sample."""
+    s = mix64((mix64((seed + GOLDEN) & M64) + (epoch + 1) * GOLDEN) & M64)
+    return mix64(s ^ fnv1a64(as_bytes(processid)))
+
+
+def rand(key: int, counter: int) -> int:
+    """Output ``counter`` of the counter-based stream of ``key``."""
+    return mix64((key + (counter + 1) * GOLDEN) & M64)
+
+
+def offset_draw(key: int, k: int) -> int:
+    """The sample's reading-frame offset in ``0..k-1``."""
+    return mix64(key) % k
+
+
+def uniform32(key: int, t: int) -> int:
+    """The 32-bit uniform draw of token position ``t``."""
+    top = (rand(key, t // 8) >> (8 * (t % 8))) & 0xFF
+    low = rand(key, 2**32 + t) & 0xFFFFFF
+    return (top << 24) | low
+
+
+def is_masked(key: int, t: int, p: float) -> bool:
+    """Whether a maskable position ``t`` is masked with probability ``p``."""
+    # Exact: u < 2**32 is exactly representable, and so is u / 2**32.
+    return uniform32(key, t) / 2**32 < p
+
+
+def vocabulary(k: int, n_as_base: bool = False) -> list[str]:
+    """Tokens by id: [MASK], [UNK], ACGT k-mers, then (n_as_base) those with N."""
+    vocab = ["[MASK]", "[UNK]"]
+    vocab += ["".join(p) for p in itertools.product("ACGT", repeat=k)]
+    if n_as_base:
+        vocab += ["".join(p) for p in itertools.product("ACGTN", repeat=k) if "N" in p]
+    return vocab
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _index(k: int, n_as_base: bool) -> dict:
+    key = (k, n_as_base)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = {t.encode(): i for i, t in enumerate(vocabulary(k, n_as_base)) if i >= 2}
+    return _INDEX_CACHE[key]
+
+
+def encode_one(
+    seq: str | bytes | None, k: int, max_len: int, offset: int = 0, n_as_base: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids and attention mask of one sequence (lists of ``max_len // k``)."""
+    index = _index(k, n_as_base)
+    n_tokens = max_len // k
+    x = as_bytes(seq)[offset:]
+    if len(x) > max_len:
+        x = x[:max_len]
+        att = [1] * n_tokens
+    else:
+        n_att = len(x) // k
+        att = [1] * n_att + [0] * (n_tokens - n_att)
+        x = x + b"N" * (max_len - len(x))
+    ids = [index.get(x[i * k : (i + 1) * k], UNK_ID) for i in range(n_tokens)]
+    return ids, att
+
+
+def encode_mlm_one(
+    seq: str | bytes | None,
+    processid: str | bytes,
+    k: int,
+    max_len: int,
+    seed: int = 0,
+    epoch: int = 0,
+    mask_prob: float = 0.5,
+    label_mode: str = "masked",
+    random_offset: bool = False,
+    offset: int = 0,
+    n_as_base: bool = False,
+) -> tuple[list[int], list[int], list[int]]:
+    """Masked ids, attention mask and labels of one sequence."""
+    key = sample_key(processid, seed, epoch)
+    if random_offset:
+        offset = offset_draw(key, k)
+    ids, att = encode_one(seq, k, max_len, offset, n_as_base)
+    labels = []
+    for t, (v, a) in enumerate(zip(ids, att)):
+        maskable = a == 1 and v >= 2
+        masked = maskable and is_masked(key, t, mask_prob)
+        if label_mode == "masked":
+            labels.append(v if masked else IGNORE_INDEX)
+        else:
+            labels.append(v - 2 if maskable else IGNORE_INDEX)
+        if masked:
+            ids[t] = MASK_ID
+    return ids, att, labels
+
+
+def encode(
+    seqs: Sequence, k: int, max_len: int, offsets: Sequence[int] | None = None,
+    n_as_base: bool = False,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """:func:`encode_one` over a batch."""
+    rows = [
+        encode_one(s, k, max_len, 0 if offsets is None else offsets[i], n_as_base)
+        for i, s in enumerate(seqs)
+    ]
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def encode_mlm(
+    seqs: Sequence, processids: Sequence, k: int, max_len: int, **kwargs
+) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """:func:`encode_mlm_one` over a batch (``offsets`` may be a per-sequence list)."""
+    offsets = kwargs.pop("offsets", None)
+    rows = [
+        encode_mlm_one(s, pid, k, max_len, offset=0 if offsets is None else offsets[i], **kwargs)
+        for i, (s, pid) in enumerate(zip(seqs, processids))
+    ]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
