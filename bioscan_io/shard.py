@@ -161,8 +161,8 @@ def shuffle(rows: np.ndarray, seed: int) -> np.ndarray:
     return rows[np.random.default_rng(seed).permutation(len(rows))]
 
 
-def plan_shards(rows: np.ndarray, sample_bytes: np.ndarray, maxcount: int, maxsize: int) -> list[np.ndarray]:
-    """Cut the shuffled rows into shards bounded by count and (estimated) bytes.
+def plan_shards(sample_bytes: np.ndarray, maxcount: int, maxsize: int) -> list[slice]:
+    """Cut the shuffled samples into shards bounded by count and (estimated) bytes.
 
     A shard closes before a sample would take it past ``maxsize``; a single sample
     larger than ``maxsize`` gets a shard of its own.
@@ -170,11 +170,11 @@ def plan_shards(rows: np.ndarray, sample_bytes: np.ndarray, maxcount: int, maxsi
     shards, start, used = [], 0, 0
     for i, size in enumerate(sample_bytes.tolist()):
         if i > start and (i - start >= maxcount or used + size > maxsize):
-            shards.append(rows[start:i])
+            shards.append(slice(start, i))
             start, used = i, 0
         used += size
-    if len(rows) > start:
-        shards.append(rows[start:])
+    if len(sample_bytes) > start:
+        shards.append(slice(start, len(sample_bytes)))
     return shards
 
 
@@ -227,6 +227,8 @@ class TarSink:
         head[265:272] = b"bigdata"
         head[297:304] = b"bigdata"
         self._template = bytes(head)
+        # The header checksum counts its own field as spaces; add name and size per member.
+        self._checksum = sum(head) + 8 * ord(" ")
 
     def _write(self, data) -> None:
         self.sha256.update(data)
@@ -238,11 +240,11 @@ class TarSink:
         raw = name.encode("utf-8")
         if len(raw) > 100:
             raise BioscanError(f"tar member name longer than 100 bytes: {name!r}")
+        size = b"%011o\0" % len(payload)
         head = bytearray(self._template)
         head[: len(raw)] = raw
-        head[124:136] = b"%011o\0" % len(payload)
-        head[148:156] = b"        "
-        head[148:156] = b"%06o\0 " % sum(head)
+        head[124:136] = size
+        head[148:156] = b"%06o\0 " % (self._checksum + sum(raw) + sum(size))
         self._write(b"".join((head, payload, bytes(-len(payload) % 512))))
 
     def close(self) -> None:
@@ -265,16 +267,15 @@ def write_shard(task: tuple) -> ShardInfo:
 
     Runs in a worker process (the metadata table is the worker's memory map).
     """
-    folder, name, rows, root, package = task
+    folder, name, rows, paths = task
     records = _TABLE.take(pa.array(rows)).to_pylist()
     final = os.path.join(folder, name)
     tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             tar = TarSink(f)
-            for rec in records:
+            for rec, path in zip(records, paths):
                 pid = rec["processid"]
-                path = os.path.join(root, image_relpath(pid, rec["split"], rec["chunk"], package))
                 # Members in name order (.dna, .jpg, .json), as webdataset writes them.
                 tar.add(pid + ".dna", (rec["dna_barcode"] or "").encode("utf-8"))
                 tar.add(pid + ".jpg", _read_image(path, pid))
@@ -435,7 +436,8 @@ def shard_split(
     rows = select_rows(table, splits)
     if len(rows) == 0:
         raise BioscanError(f"split {split!r} has no records in {meta_path}")
-    sizes = image_sizes(image_paths(table, rows, root, package), progress)
+    paths = np.array(image_paths(table, rows, root, package), dtype=object)
+    sizes = image_sizes(paths, progress)
     missing = sizes < 0
     skipped = []
     if missing.any():
@@ -448,14 +450,15 @@ def shard_split(
                 "(pass --skip-missing to shard without them; they are then listed in a report)"
             )
         skipped = sorted(pids)
-        rows, sizes = rows[~missing], sizes[~missing]
+        rows, sizes, paths = rows[~missing], sizes[~missing], paths[~missing]
     lengths = pc.binary_length(table.column("dna_barcode").take(pa.array(rows)))
     dna_bytes = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
     order = np.random.default_rng(seed).permutation(len(rows))
-    rows = rows[order]
+    rows, paths = rows[order], paths[order]
     sample_bytes = (sizes + dna_bytes)[order] + _SAMPLE_OVERHEAD
-    plan = plan_shards(rows, sample_bytes, maxcount, maxsize)
+    slices = plan_shards(sample_bytes, maxcount, maxsize)
+    plan = [rows[s] for s in slices]
     stem = split_folder_name(split)
     names = [f"{stem}-{i:06d}.tar" for i in range(len(plan))]
     fingerprint = _fingerprint(
@@ -469,8 +472,8 @@ def shard_split(
         (folder / MISSING_REPORT).write_text("".join(p + "\n" for p in skipped))
     finished = _finished(folder, fingerprint, dict(zip(names, map(len, plan))))
     tasks = [
-        (str(folder), name, rows_, str(root), package)
-        for name, rows_ in zip(names, plan)
+        (str(folder), name, rows[s], paths[s].tolist())
+        for name, s in zip(names, slices)
         if name not in finished
     ]
     reused = len(finished)

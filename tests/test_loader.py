@@ -226,3 +226,30 @@ def test_example_trains_under_torchrun_on_cpu(shards, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 5 loss" in proc.stdout and "done: 6 steps" in proc.stdout
+
+
+def test_remote_urls_pipe_and_http(shards):
+    """URLs webdataset opens: ``pipe:`` commands and http served on loopback."""
+    import functools
+    import http.server
+    import threading
+
+    folder = shards / "all"
+    names = [s["name"] for s in read_manifest(folder)["shards"]]
+    local = [p for b in make_loader(folder, "classify", batch_size=64) for p in b["processid"]]
+
+    piped = make_loader([f"pipe:cat {folder / n}" for n in names], "classify", batch_size=64)
+    assert len(piped) == len(make_loader(folder, "classify", batch_size=64))
+    assert [p for b in piped for p in b["processid"]] == local
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/all"
+        served = make_loader(f"{base}/all-{{000000..{len(names) - 1:06d}}}.tar", "classify", batch_size=64)
+        assert [p for b in served for p in b["processid"]] == local
+    finally:
+        server.shutdown()
