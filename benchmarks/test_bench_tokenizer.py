@@ -16,19 +16,17 @@ core, and at least 150x the baseline measured in the same run::
 from __future__ import annotations
 
 import os
-import random
 import time
-from itertools import product
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from baselines import K, MASK_PROB, MAX_LEN, BarcodeBertStyle
 
 from bioscan_io.tokenizer import KmerTokenizer
 
 STRICT = os.environ.get("BIOSCAN_BENCH_STRICT", "") not in ("", "0")
 BATCH = 4096
-K, MAX_LEN, MASK_PROB = 4, 660, 0.5
 TARGET_RATE = 1_000_000
 TARGET_SPEEDUP = 150.0
 
@@ -46,42 +44,6 @@ def make_barcodes(n: int, seed: int = 0) -> list[str]:
             b[int(rng.integers(0, MAX_LEN))] = ord("R")
         out.append(b.tobytes().decode())
     return out
-
-
-class BarcodeBertStyle:
-    """The baseline: BarcodeBERT-style per-sequence tokenizing and masking in Python."""
-
-    def __init__(self, k: int = K, max_len: int = MAX_LEN, mask_prob: float = MASK_PROB, seed: int = 0):
-        self.k, self.max_len, self.mask_prob = k, max_len, mask_prob
-        self.vocab = {"".join(p): i + 2 for i, p in enumerate(product("ACGT", repeat=k))}
-        self.rng = random.Random(seed)
-
-    def __call__(self, seq: str) -> tuple[list, list, list]:
-        k, max_len = self.k, self.max_len
-        x = seq[self.rng.randrange(k) :]  # BarcodeBERT's randomize_offset
-        n_tokens = max_len // k
-        if len(x) > max_len:
-            x = x[:max_len]
-            att = [1] * n_tokens
-        else:
-            n_att = len(x) // k
-            att = [1] * n_att + [0] * (n_tokens - n_att)
-            x = x + "N" * (max_len - len(x))
-        get = self.vocab.get
-        ids = [get(x[i : i + k], 1) for i in range(0, max_len - k + 1, k)]
-        rnd, p = self.rng.random, self.mask_prob
-        inputs, labels = [], []
-        for v, a in zip(ids, att):
-            if a and v >= 2:
-                labels.append(v - 2)
-                inputs.append(0 if rnd() < p else v)
-            else:
-                labels.append(-100)
-                inputs.append(v)
-        return inputs, att, labels
-
-    def batch(self, seqs: list[str]) -> list:
-        return [self(s) for s in seqs]
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed as dist_plan
 from . import images as im
+from . import tarscan
 from .schema import MAX_NUCLEOTIDES, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .tokenizer import KmerTokenizer
 
@@ -188,6 +190,54 @@ def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
         stream.close()
 
 
+def read_blocks(segments, urls: list[str], ext: str):
+    """Columnar read: per segment, a block ``{"__key__": keys, ext: payloads}`` of Arrow arrays.
+
+    Local shards go through the compiled header walk (no Python object per sample);
+    remote ones, and shards with headers it does not read, through the Python reader.
+    """
+    for seg in segments:
+        url = urls[seg.shard]
+        block = tarscan.read_column(url, seg.start, seg.stop, ext) if tarscan.is_local(url) else None
+        if block is None:
+            block = _python_block(url, seg.start, seg.stop, ext)
+        yield block
+
+
+def _python_block(url: str, start: int, stop: int, ext: str) -> dict:
+    keys, values = [], []
+    for sample in _read_segment(url, start, stop, frozenset([ext])):
+        if ext not in sample:
+            raise BioscanError(f"shard {url}: sample {sample['__key__']} has no .{ext} member")
+        keys.append(sample["__key__"])
+        values.append(sample[ext])
+    if len(keys) < stop - start:
+        raise BioscanError(f"shard {url} ends after sample {start + len(keys)}; expected at least {stop} samples")
+    return {"__key__": pa.array(keys, pa.large_string()), ext: pa.array(values, pa.large_binary())}
+
+
+def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
+    """Batches of ``batch_size`` rows cut from the blocks, shuffled by index within a block.
+
+    A block is permuted once (one Arrow ``take``), then cut into zero-copy slices;
+    rows left over from one block join the next, so only the last batch is partial.
+    """
+    leftover = None
+    for block in blocks:
+        if leftover is not None:
+            block = {k: pa.concat_arrays([leftover[k], v]) for k, v in block.items()}
+        n = len(block["__key__"])
+        if rng is not None:
+            order = pa.array(rng.permutation(n))
+            block = {k: v.take(order) for k, v in block.items()}
+        full = n - n % batch_size
+        for i in range(0, full, batch_size):
+            yield {k: v.slice(i, batch_size) for k, v in block.items()}
+        leftover = {k: v.slice(full) for k, v in block.items()}
+    if leftover is not None and len(leftover["__key__"]):
+        yield leftover
+
+
 def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:
     """Per-sample generator: augmentation depends on (seed, epoch, processid) only."""
     digest = hashlib.blake2b(f"{seed}|{epoch}|{key}".encode(), digest_size=8).digest()
@@ -231,6 +281,10 @@ class _Task:
             wanted.add("json")
         return frozenset(wanted)
 
+    @property
+    def np_dtype(self):
+        return np.int64 if self.token_dtype == torch.int64 else np.int32
+
     def decode(self, sample: dict, epoch: int) -> dict:
         key = sample["__key__"]
         where = f"{sample['__url__']}: {key}"
@@ -258,22 +312,26 @@ class _Task:
         value = record.get(rank)
         return -1 if value is None else self._lookup[rank].get(value, -1)
 
+    def collate_block(self, block: dict, epoch: int) -> dict:
+        """An MLM batch from a block of Arrow columns: one tokenizer call, no per-sample work."""
+        keys = block["__key__"]
+        # One storage for the three tensors: a worker hands the batch over in one
+        # shared-memory segment instead of three.
+        out = np.empty((3, len(keys), self.tokenizer.n_tokens), dtype=self.np_dtype)
+        self.tokenizer.encode_mlm(
+            block["dna"], keys, seed=self.seed, epoch=epoch,
+            mask_prob=self.mask_prob, label_mode=self.label_mode,
+            random_offset=self.random_offset, out=(out[0], out[1], out[2]),
+        )
+        ids, att, labels = torch.from_numpy(out)
+        return {"processid": keys.to_pylist(), "input_ids": ids, "attention_mask": att, "labels": labels}
+
     def collate(self, samples: list[dict], epoch: int) -> dict:
+        """A batch of the per-sample tasks (classify, clip, embed)."""
         pids = [s["processid"] for s in samples]
         batch: dict = {"processid": pids}
-        if self.name == "mlm":
-            batch.update(self.tokenizer.encode_mlm(
-                [s["dna"] for s in samples], pids, seed=self.seed, epoch=epoch,
-                mask_prob=self.mask_prob, label_mode=self.label_mode,
-                random_offset=self.random_offset, return_tensors="pt",
-                dtype=np.int64 if self.token_dtype == torch.int64 else np.int32,
-            ))
-            return batch
         if "dna" in self.modalities:
-            ids, att = self.tokenizer.encode(
-                [s["dna"] for s in samples], return_tensors="pt",
-                dtype=np.int64 if self.token_dtype == torch.int64 else np.int32,
-            )
+            ids, att = self.tokenizer.encode([s["dna"] for s in samples], return_tensors="pt", dtype=self.np_dtype)
             batch["input_ids"], batch["attention_mask"] = ids, att
         if "image" in self.modalities:
             batch["image"] = im.stack([s["image"] for s in samples], self.image_dtype)
@@ -316,6 +374,16 @@ class EpochStream(IterableDataset):
         epoch = int(self._epoch.value)
         task = self.task
         segments = self.plan(epoch, worker, num_workers)
+        if task.name == "mlm":
+            # Batch-level stages: columns in, one tokenizer call per batch out.
+            rng = np.random.default_rng([task.seed, epoch, self.rank, worker]) if self.shuffle else None
+            stages = [
+                lambda: iter(segments),
+                lambda segs: read_blocks(segs, self.shards.urls, "dna"),
+                lambda blocks: block_batches(blocks, self.batch_size, rng),
+                lambda batches: (task.collate_block(block, epoch) for block in batches),
+            ]
+            return iter(wds.DataPipeline(*stages))
         stages = [
             lambda: iter(segments),
             lambda segs: read_segments(segs, self.shards.urls, task.members),
@@ -469,10 +537,15 @@ def make_loader(
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         kwargs["prefetch_factor"] = prefetch_factor
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=num_workers,
+        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs,
     )
     return BioscanLoader(dataset, loader, shared_epoch)
+
+
+def _as_is(batch: dict) -> dict:
+    """The stages already collate; torch's default_convert would walk every id string."""
+    return batch
 
 
 def _modalities(task: str, modality) -> tuple[str, ...]:

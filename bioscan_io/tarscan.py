@@ -1,0 +1,93 @@
+"""Read one member of every sample of a shard range as Arrow columns, in C.
+
+The compiled walk (``src_ext/_tar.pyx``) visits each 512-byte header of a
+memory-mapped shard and jumps over the payloads the task does not need, so
+reading the barcodes of a shard that also holds images costs a few header
+reads per sample and no Python object per sample. Shards it cannot walk
+(pax or GNU long-name headers, remote URLs) are read by the Python path in
+``loader.py``; both give the same columns.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from .schema import BioscanError
+
+try:
+    from . import _tar
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "bioscan_io._tar (the compiled tar reader) is not built: run `pip install -e .` "
+        "or `python setup.py build_ext --inplace` in the source tree"
+    ) from exc
+
+# Populating the whole map in one call is cheaper than faulting in the header
+# pages one by one (measured in benchmarks/test_bench_mlm_loader.py).
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+#: Status code of a shard that needs the Python reader.
+UNSUPPORTED = 5
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a plain file path the compiled reader can map."""
+    return "://" not in url and not url.startswith("pipe:") and os.path.isfile(url)
+
+
+def _column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_) -> pa.Array:
+    lengths = ends - starts
+    offsets = np.empty(len(starts) + 1, dtype=np.int64)
+    values = np.empty(int(lengths.sum()), dtype=np.uint8)
+    _tar.gather(buf, np.ascontiguousarray(starts), np.ascontiguousarray(ends), values, offsets)
+    return pa.Array.from_buffers(type_, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
+def read_column(path: str, start: int, stop: int, ext: str) -> dict | None:
+    """Keys and ``.ext`` payloads of samples ``start <= i < stop`` of a local shard.
+
+    Returns
+    -------
+    dict or None
+        ``{"__key__": large_string array, ext: large_binary array}``, or None when
+        the shard uses headers the compiled walk does not read (use the Python path).
+
+    Raises
+    ------
+    BioscanError
+        On a corrupt or truncated shard, fewer samples than asked for, or a sample
+        without the member, naming the shard and the sample or byte offset.
+    """
+    want = stop - start
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise BioscanError(f"shard {path} is empty")
+        with mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ) as mm:
+            buf = np.frombuffer(mm, dtype=np.uint8)
+            try:
+                rows = np.empty((want, 4), dtype=np.int64)
+                n, status, offset = _tar.scan(buf, start, stop, np.frombuffer(ext.encode(), dtype=np.uint8), rows)
+                if status == UNSUPPORTED:
+                    return None
+                if status != 0:
+                    raise BioscanError(f"shard {path}: {_tar.STATUS[status]} at byte {offset}{_member_at(buf, offset)}")
+                if n < want:
+                    raise BioscanError(f"shard {path} ends after sample {start + n}; expected at least {stop} samples")
+                rows = rows[:n]
+                missing = np.flatnonzero(rows[:, 2] < 0)
+                keys = _column(buf, rows[:, 0], rows[:, 1], pa.large_string())
+                if len(missing):
+                    raise BioscanError(f"shard {path}: sample {keys[int(missing[0])].as_py()} has no .{ext} member")
+                return {"__key__": keys, ext: _column(buf, rows[:, 2], rows[:, 3], pa.large_binary())}
+            finally:
+                del buf  # release the map before it closes
+
+
+def _member_at(buf: np.ndarray, offset: int) -> str:
+    name = bytes(buf[offset:offset + 100]).split(b"\0", 1)[0]
+    return f" (member {name.decode(errors='replace')!r})" if name else ""

@@ -1,0 +1,101 @@
+"""The compiled tar walk gives exactly what stock webdataset reads, or a clear error."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from bioscan_io.loader import read_blocks
+from bioscan_io.distributed import Segment
+from bioscan_io.schema import BioscanError
+from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.tarscan import read_column
+
+
+@pytest.fixture(scope="module")
+def shard(dataset_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tarscan")
+    s = shard_split(dataset_small, "all", out=out, maxcount=150, progress=False, log=lambda m: None)
+    return Path(s.folder) / read_manifest(s.folder)["shards"][0]["name"]
+
+
+def stock(path) -> list[dict]:
+    return list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+
+
+def test_ranges_equal_stock_webdataset(shard):
+    samples = stock(shard)
+    rng = np.random.default_rng(0)
+    ranges = [(0, len(samples)), (0, 1), (len(samples) - 1, len(samples)), (10, 10)]
+    ranges += [tuple(sorted(rng.integers(0, len(samples) + 1, 2))) for _ in range(20)]
+    for start, stop in ranges:
+        block = read_column(str(shard), int(start), int(stop), "dna")
+        assert block["__key__"].to_pylist() == [s["__key__"] for s in samples[start:stop]]
+        assert block["dna"].to_pylist() == [s["dna"] for s in samples[start:stop]]
+        jpg = read_column(str(shard), int(start), int(stop), "jpg")
+        assert jpg["jpg"].to_pylist() == [s["jpg"] for s in samples[start:stop]]
+
+
+def _pax_shard(path: Path, n: int) -> None:
+    """A shard as Python's tarfile writes it with long (pax) names."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(n):
+            key = f"{'x' * 120}{i:04d}"
+            for ext, data in (("dna", b"ACGT" * (i + 1)), ("json", b"{}")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_pax_headers_fall_back_to_the_python_reader(tmp_path):
+    path = tmp_path / "pax.tar"
+    _pax_shard(path, 5)
+    assert read_column(str(path), 0, 5, "dna") is None
+    (block,) = read_blocks([Segment(0, 1, 4)], [str(path)], "dna")
+    want = stock(path)[1:4]
+    assert block["__key__"].to_pylist() == [s["__key__"] for s in want]
+    assert block["dna"].to_pylist() == [s["dna"] for s in want]
+
+
+def test_corrupt_header_is_named(shard, tmp_path):
+    data = bytearray(shard.read_bytes())
+    bad = tmp_path / "bad.tar"
+    data[512 * 3 + 3] ^= 0x40  # a name byte of a later header: its checksum no longer holds
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BioscanError, match=r"bad\.tar: corrupt header \(bad checksum\) at byte"):
+        read_column(str(bad), 0, 100, "dna")
+
+
+def test_truncated_shard_is_named(shard, tmp_path):
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(BioscanError, match=r"cut\.tar: truncated member"):
+        read_column(str(cut), 0, 150, "dna")
+    cut.write_bytes(data[: len(data) // 2 // 512 * 512])
+    with pytest.raises(BioscanError, match=r"cut\.tar"):
+        read_column(str(cut), 0, 150, "dna")
+
+
+def test_fewer_samples_than_asked(shard):
+    n = len(stock(shard))
+    with pytest.raises(BioscanError, match=f"ends after sample {n}"):
+        read_column(str(shard), 0, n + 5, "dna")
+
+
+def test_sample_without_the_member(tmp_path):
+    path = tmp_path / "gap.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, exts in (("a", ("dna", "json")), ("b", ("json",)), ("c", ("dna",))):
+            for ext in exts:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = 4
+                tar.addfile(info, io.BytesIO(b"ACGT"))
+    with pytest.raises(BioscanError, match="sample b has no .dna member"):
+        read_column(str(path), 0, 3, "dna")
+    assert read_column(str(path), 2, 3, "dna")["__key__"].to_pylist() == ["c"]
