@@ -109,7 +109,7 @@ def test_bioscan_mlm_loader_with_workers(folder):
 
 
 def _scan_all(urls) -> int:
-    return sum(len(read_column(u, 0, c, "dna")["dna"]) for u, c in urls)
+    return sum(len(read_column(u, 0, c, "dna")[0]["dna"]) for u, c in urls)
 
 
 def _stock_scan_all(urls) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import posixpath
 import random
@@ -47,6 +48,7 @@ from .schema import MAX_NUCLEOTIDES, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, Biosc
 from .tokenizer import KmerTokenizer
 
 TASKS = ("mlm", "classify", "clip", "embed")
+log = logging.getLogger("bioscan_io")
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 
@@ -159,17 +161,46 @@ def _split_name(name: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (name, "")
 
 
-def read_segments(segments, urls: list[str], wanted: frozenset[str]):
+class ErrorPolicy:
+    """What the stages do with a bad sample or shard: raise (default) or skip and count.
+
+    Skipped samples are kept as ``(count, message)`` until the next batch carries
+    them to the main process (``BioscanLoader.errors``).
+    """
+
+    def __init__(self, mode: str):
+        self.mode, self.pending = mode, []
+
+    def handle(self, exc: BioscanError, lost: int) -> None:
+        if self.mode == "raise":
+            raise exc
+        self.pending.append((lost, str(exc)))
+
+    def drain(self) -> list:
+        out, self.pending = self.pending, []
+        return out
+
+
+def read_segments(segments, urls: list[str], wanted: frozenset[str], errors: ErrorPolicy):
     """Samples ``start <= i < stop`` of each segment's shard, with the wanted members."""
     for seg in segments:
-        yield from _read_segment(urls[seg.shard], seg.start, seg.stop, wanted)
+        done = 0
+        try:
+            for sample in _read_segment(urls[seg.shard], seg.start, seg.stop, wanted):
+                done += 1
+                yield sample
+        except BioscanError as exc:
+            errors.handle(exc, seg.stop - seg.start - done)
 
 
 def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
-    stream = wds.gopen(url)
+    try:
+        stream = wds.gopen(url)
+    except Exception as exc:
+        raise BioscanError(f"cannot open shard {url}: {exc}") from None
+    index, key, sample = -1, None, None
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
-        index, key, sample = -1, None, None
         for info in tar:
             if not info.isreg():
                 continue
@@ -184,36 +215,92 @@ def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
             if index >= start and ext in wanted:
                 sample[ext] = tar.extractfile(info).read()
             tar.members = []  # stream mode: keep memory flat
-        if sample is not None and start <= index < stop:
-            yield sample
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        where = f" after sample {key}" if key else ""
+        raise BioscanError(f"shard {url}: corrupt or truncated tar{where}: {exc}") from None
     finally:
         stream.close()
+    if sample is not None and start <= index < stop:
+        yield sample
+    if index + 1 < stop:
+        raise BioscanError(f"shard {url} ends after sample {index + 1}; expected at least {stop} samples")
 
 
-def read_blocks(segments, urls: list[str], ext: str):
+def decode_samples(samples, task: "_Task", epoch: int, errors: ErrorPolicy):
+    """Decode each sample; a bad one is raised or skipped per the policy."""
+    for sample in samples:
+        try:
+            yield task.decode(sample, epoch)
+        except BioscanError as exc:
+            errors.handle(exc, 1)
+
+
+def refill(samples, expected: int, errors: ErrorPolicy, reservoir_size: int = 256):
+    """Keep the planned sample count when bad samples were skipped.
+
+    Repeats recent good samples in place of skipped ones, so every rank still
+    yields ``len(loader)`` batches and DDP does not wait on a short rank.
+    """
+    recent, n = [], 0
+    for sample in samples:
+        n += 1
+        if len(recent) < reservoir_size:
+            recent.append(sample)
+        else:
+            recent[n % reservoir_size] = sample
+        yield sample
+    if n < expected:
+        if not recent:
+            raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
+        for i in range(expected - n):
+            yield recent[i % len(recent)]
+
+
+def read_blocks(segments, urls: list[str], ext: str, errors: ErrorPolicy):
     """Columnar read: per segment, a block ``{"__key__": keys, ext: payloads}`` of Arrow arrays.
 
     Local shards go through the compiled header walk (no Python object per sample);
     remote ones, and shards with headers it does not read, through the Python reader.
+    Under the skip policy a fault loses only the samples it made unreadable.
     """
     for seg in segments:
         url = urls[seg.shard]
-        block = tarscan.read_column(url, seg.start, seg.stop, ext) if tarscan.is_local(url) else None
-        if block is None:
-            block = _python_block(url, seg.start, seg.stop, ext)
+        found = tarscan.read_column(url, seg.start, seg.stop, ext) if tarscan.is_local(url) else None
+        block, missing, error = found if found is not None else _python_block(url, seg.start, seg.stop, ext)
+        for key in missing:
+            errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
+        if error is not None:
+            errors.handle(error, seg.stop - seg.start - len(block["__key__"]) - len(missing))
+        if len(block["__key__"]):
+            yield block
+
+
+def _python_block(url: str, start: int, stop: int, ext: str):
+    keys, values, missing, error = [], [], [], None
+    try:
+        for sample in _read_segment(url, start, stop, frozenset([ext])):
+            if ext in sample:
+                keys.append(sample["__key__"])
+                values.append(sample[ext])
+            else:
+                missing.append(sample["__key__"])
+    except BioscanError as exc:
+        error = exc
+    return {"__key__": pa.array(keys, pa.large_string()), ext: pa.array(values, pa.large_binary())}, missing, error
+
+
+def refill_blocks(blocks, expected: int):
+    """Block-level :func:`refill`: repeat rows of the last good block in place of skipped ones."""
+    n, last = 0, None
+    for block in blocks:
+        n += len(block["__key__"])
+        last = block
         yield block
-
-
-def _python_block(url: str, start: int, stop: int, ext: str) -> dict:
-    keys, values = [], []
-    for sample in _read_segment(url, start, stop, frozenset([ext])):
-        if ext not in sample:
-            raise BioscanError(f"shard {url}: sample {sample['__key__']} has no .{ext} member")
-        keys.append(sample["__key__"])
-        values.append(sample[ext])
-    if len(keys) < stop - start:
-        raise BioscanError(f"shard {url} ends after sample {start + len(keys)}; expected at least {stop} samples")
-    return {"__key__": pa.array(keys, pa.large_string()), ext: pa.array(values, pa.large_binary())}
+    if n < expected:
+        if last is None:
+            raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
+        index = pa.array(np.arange(expected - n) % len(last["__key__"]))
+        yield {k: v.take(index) for k, v in last.items()}
 
 
 def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
@@ -350,12 +437,13 @@ class EpochStream(IterableDataset):
     """One rank's batches for the current epoch; each DataLoader worker runs its share."""
 
     def __init__(self, shards: ShardSet, task: _Task, *, batch_size: int, drop_last: bool, pad: bool,
-                 shuffle: bool, shuffle_buffer: int, rank: int, world_size: int, epoch):
+                 shuffle: bool, shuffle_buffer: int, rank: int, world_size: int, epoch, on_error: str = "raise"):
         self.shards, self.task = shards, task
         self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.rank, self.world_size = rank, world_size
         self._epoch = epoch  # shared with the workers, so set_epoch reaches persistent ones
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size,
@@ -374,28 +462,42 @@ class EpochStream(IterableDataset):
         epoch = int(self._epoch.value)
         task = self.task
         segments = self.plan(epoch, worker, num_workers)
+        expected = sum(seg.stop - seg.start for seg in segments)
+        errors = ErrorPolicy(self.on_error)
         if task.name == "mlm":
             # Batch-level stages: columns in, one tokenizer call per batch out.
             rng = np.random.default_rng([task.seed, epoch, self.rank, worker]) if self.shuffle else None
             stages = [
                 lambda: iter(segments),
-                lambda segs: read_blocks(segs, self.shards.urls, "dna"),
+                lambda segs: read_blocks(segs, self.shards.urls, "dna", errors),
+                lambda blocks: refill_blocks(blocks, expected),
                 lambda blocks: block_batches(blocks, self.batch_size, rng),
                 lambda batches: (task.collate_block(block, epoch) for block in batches),
             ]
-            return iter(wds.DataPipeline(*stages))
-        stages = [
-            lambda: iter(segments),
-            lambda segs: read_segments(segs, self.shards.urls, task.members),
-        ]
-        if self.shuffle:
-            rng = random.Random(f"{task.seed}|{epoch}|{self.rank}|{worker}")
-            stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng))
-        stages += [
-            wds.map(lambda sample: task.decode(sample, epoch)),
-            wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch), partial=True),
-        ]
+        else:
+            stages = [
+                lambda: iter(segments),
+                lambda segs: read_segments(segs, self.shards.urls, task.members, errors),
+            ]
+            if self.shuffle:
+                rng = random.Random(f"{task.seed}|{epoch}|{self.rank}|{worker}")
+                stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng))
+            stages += [
+                lambda samples: decode_samples(samples, task, epoch, errors),
+                lambda samples: refill(samples, expected, errors),
+                wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch), partial=True),
+            ]
+        stages.append(lambda batches: _report(batches, errors))
         return iter(wds.DataPipeline(*stages))
+
+
+def _report(batches, errors: ErrorPolicy):
+    """Carry the skipped samples' messages to the main process with the next batch."""
+    for batch in batches:
+        skipped = errors.drain()
+        if skipped:
+            batch["_skipped"] = skipped
+        yield batch
 
 
 class BioscanLoader:
@@ -403,6 +505,8 @@ class BioscanLoader:
 
     def __init__(self, dataset: EpochStream, dataloader: DataLoader, epoch):
         self.dataset, self.dataloader, self._epoch = dataset, dataloader, epoch
+        #: ``(samples lost, message)`` for each bad sample or shard skipped this epoch.
+        self.errors: list[tuple[int, str]] = []
 
     @property
     def epoch(self) -> int:
@@ -416,7 +520,20 @@ class BioscanLoader:
         return len(self.dataset)
 
     def __iter__(self):
-        return iter(self.dataloader)
+        self.errors = []
+        for batch in self.dataloader:
+            skipped = batch.pop("_skipped", None)
+            if skipped:
+                self.errors.extend(skipped)
+            yield batch
+        if self.errors:
+            log.warning("epoch %d: skipped %d bad sample(s): %s", self.epoch, self.skipped,
+                        "; ".join(msg for _, msg in self.errors[:5]) + (" ..." if len(self.errors) > 5 else ""))
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far in the current (or last) epoch, with ``on_error="skip"``."""
+        return sum(n for n, _ in self.errors)
 
 
 def make_loader(
@@ -451,6 +568,7 @@ def make_loader(
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = 2,
+    on_error: str = "raise",
 ) -> BioscanLoader:
     """A PyTorch DataLoader over BIOSCAN-5M shards for one task.
 
@@ -496,6 +614,12 @@ def make_loader(
     pin_memory, persistent_workers, prefetch_factor
         Passed to the DataLoader (defaults: pin if CUDA is available; persistent
         when there are workers).
+    on_error : {"raise", "skip"}
+        A corrupt sample or shard (truncated tar, bad header, corrupt JPEG, bad JSON,
+        missing member, a shard shorter than its manifest) raises ``BioscanError``
+        naming the shard and sample (default), or is skipped and counted: the loader's
+        ``errors`` and ``skipped`` give them, they are logged at the end of the epoch,
+        and recent good samples stand in for them so ``len()`` still holds.
 
     Returns
     -------
@@ -506,6 +630,8 @@ def make_loader(
         raise BioscanError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
     if batch_size < 1:
         raise BioscanError(f"batch_size must be at least 1, got {batch_size}")
+    if on_error not in ("raise", "skip"):
+        raise BioscanError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     modalities = _modalities(task, modality)
     shards = find_shards(urls)
     if task in ("classify", "embed") and shards.labels is None:
@@ -531,7 +657,7 @@ def make_loader(
     shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
     dataset = EpochStream(shards, spec, batch_size=batch_size, drop_last=drop_last, pad=pad,
                           shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
-                          world_size=world_size, epoch=shared_epoch)
+                          world_size=world_size, epoch=shared_epoch, on_error=on_error)
     kwargs = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers

@@ -47,26 +47,23 @@ def _column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_) -> pa.
     return pa.Array.from_buffers(type_, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)])
 
 
-def read_column(path: str, start: int, stop: int, ext: str) -> dict | None:
+def read_column(path: str, start: int, stop: int, ext: str) -> tuple[dict, list[str], BioscanError | None] | None:
     """Keys and ``.ext`` payloads of samples ``start <= i < stop`` of a local shard.
 
     Returns
     -------
-    dict or None
-        ``{"__key__": large_string array, ext: large_binary array}``, or None when
-        the shard uses headers the compiled walk does not read (use the Python path).
-
-    Raises
-    ------
-    BioscanError
-        On a corrupt or truncated shard, fewer samples than asked for, or a sample
-        without the member, naming the shard and the sample or byte offset.
+    (block, missing, error) or None
+        ``block`` is ``{"__key__": large_string array, ext: large_binary array}`` for
+        the samples read that have the member; ``missing`` the keys of those that do
+        not; ``error`` a :class:`BioscanError` naming the shard and byte offset when
+        the shard is corrupt, truncated or shorter than asked (``block`` then holds
+        the samples before the fault), else None. None instead of the tuple when the
+        shard uses headers the compiled walk does not read (use the Python path).
     """
     want = stop - start
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise BioscanError(f"shard {path} is empty")
+        if os.fstat(f.fileno()).st_size == 0:
+            return _empty(ext), [], BioscanError(f"shard {path} is empty")
         with mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ) as mm:
             buf = np.frombuffer(mm, dtype=np.uint8)
             try:
@@ -74,18 +71,25 @@ def read_column(path: str, start: int, stop: int, ext: str) -> dict | None:
                 n, status, offset = _tar.scan(buf, start, stop, np.frombuffer(ext.encode(), dtype=np.uint8), rows)
                 if status == UNSUPPORTED:
                     return None
+                error = None
                 if status != 0:
-                    raise BioscanError(f"shard {path}: {_tar.STATUS[status]} at byte {offset}{_member_at(buf, offset)}")
-                if n < want:
-                    raise BioscanError(f"shard {path} ends after sample {start + n}; expected at least {stop} samples")
+                    error = BioscanError(f"shard {path}: {_tar.STATUS[status]} at byte {offset}{_member_at(buf, offset)}")
+                elif n < want:
+                    error = BioscanError(f"shard {path} ends after sample {start + n}; expected at least {stop} samples")
                 rows = rows[:n]
-                missing = np.flatnonzero(rows[:, 2] < 0)
+                have = rows[:, 2] >= 0
+                missing = []
+                if error is None and not have.all():
+                    missing = _column(buf, rows[~have, 0], rows[~have, 1], pa.large_string()).to_pylist()
+                rows = rows[have]
                 keys = _column(buf, rows[:, 0], rows[:, 1], pa.large_string())
-                if len(missing):
-                    raise BioscanError(f"shard {path}: sample {keys[int(missing[0])].as_py()} has no .{ext} member")
-                return {"__key__": keys, ext: _column(buf, rows[:, 2], rows[:, 3], pa.large_binary())}
+                return {"__key__": keys, ext: _column(buf, rows[:, 2], rows[:, 3], pa.large_binary())}, missing, error
             finally:
                 del buf  # release the map before it closes
+
+
+def _empty(ext: str) -> dict:
+    return {"__key__": pa.array([], pa.large_string()), ext: pa.array([], pa.large_binary())}
 
 
 def _member_at(buf: np.ndarray, offset: int) -> str:

@@ -1,0 +1,166 @@
+"""Loader policies for corrupt data: raise naming shard and sample, or skip and count exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bioscan_io.loader import make_loader
+from bioscan_io.schema import BioscanError
+from bioscan_io.shard import TarSink, read_manifest, shard_split
+
+QUIET = dict(progress=False, log=lambda m: None)
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def good(dataset_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad-data")
+    s = shard_split(dataset_small, "train", out=out, maxcount=10, **QUIET)
+    return Path(s.folder)
+
+
+@pytest.fixture
+def split(good, tmp_path) -> Path:
+    """A private copy of the split folder (and labels.json beside it) to corrupt."""
+    dst = tmp_path / "shards" / "train"
+    shutil.copytree(good, dst)
+    shutil.copy(good.parent / "labels.json", dst.parent / "labels.json")
+    return dst
+
+
+def members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def rewrite(path: Path, edit) -> None:
+    """Rewrite a shard with ``edit(name, data)`` -> (name, data) or None to drop a member."""
+    out = []
+    for name, data in members(path):
+        new = edit(name, data)
+        if new is not None:
+            out.append(new)
+    with open(path, "wb") as f:
+        sink = TarSink(f)
+        for name, data in out:
+            sink.add(name, data)
+        sink.close()
+
+
+def first_shard(split: Path) -> tuple[Path, list[str]]:
+    shard = split / read_manifest(split)["shards"][0]["name"]
+    keys = []
+    for name, _ in members(shard):
+        key = name.split(".", 1)[0]
+        if key not in keys:
+            keys.append(key)
+    return shard, keys
+
+
+def run(split: Path, task: str, on_error: str, **kw):
+    loader = make_loader(split, task, batch_size=BATCH, on_error=on_error, **kw)
+    seen, batches = [], 0
+    for batch in loader:
+        seen.extend(batch["processid"])
+        batches += 1
+    return loader, seen, batches
+
+
+def check_skip(split: Path, task: str, lost: int | None = None, shard_keys=(), **kw) -> set:
+    """Skip policy: the epoch finishes with every planned batch, and the count is exact.
+
+    Returns the distinct keys delivered; with ``lost=None`` the exact count is
+    checked against the keys of ``shard_keys`` that never arrived.
+    """
+    total = read_manifest(split)["num_samples"]
+    loader, seen, batches = run(split, task, "skip", **kw)
+    delivered = set(seen)
+    if lost is None:
+        lost = len(set(shard_keys) - delivered)
+    assert loader.skipped == lost, loader.errors
+    assert len(delivered) == total - lost  # every good sample arrives
+    assert batches == len(loader) and len(seen) == total  # good samples stand in: DDP-safe counts
+    return delivered
+
+
+CASES = {
+    "corrupt JPEG": ("jpg", lambda data: data[:200] + b"\x00garbage" * 50),
+    "bad JSON": ("json", lambda data: b'{"processid": "x", broken'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_member(split, case):
+    ext, spoil = CASES[case]
+    shard, keys = first_shard(split)
+    victim = keys[3]
+    rewrite(shard, lambda name, data: (name, spoil(data)) if name == f"{victim}.{ext}" else (name, data))
+    kw = {"modality": "image"} if ext == "jpg" else {}
+    with pytest.raises(BioscanError) as err:
+        run(split, "classify", "raise", **kw)
+    assert shard.name in str(err.value) and victim in str(err.value)
+    check_skip(split, "classify", 1, **kw)
+
+
+@pytest.mark.parametrize("task", ["mlm", "classify"])
+def test_sample_missing_a_member(split, task):
+    shard, keys = first_shard(split)
+    victim = keys[5]
+    rewrite(shard, lambda name, data: None if name == f"{victim}.dna" else (name, data))
+    with pytest.raises(BioscanError, match=rf"{shard.name}: sample {victim} has no \.dna member"):
+        run(split, task, "raise")
+    check_skip(split, task, 1)
+
+
+@pytest.mark.parametrize("task", ["mlm", "classify"])
+def test_truncated_tar(split, task):
+    shard, keys = first_shard(split)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 700])
+    with pytest.raises(BioscanError, match=shard.name):
+        run(split, task, "raise")
+    delivered = check_skip(split, task, shard_keys=keys)
+    # Samples before the cut still arrive; the rest of the shard is counted as lost.
+    assert 0 < len(delivered & set(keys)) < len(keys)
+
+
+@pytest.mark.parametrize("task", ["mlm", "classify"])
+def test_corrupt_header(split, task):
+    shard, keys = first_shard(split)
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0x21  # the first member's name: its header checksum fails
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BioscanError, match=shard.name):
+        run(split, task, "raise")
+    check_skip(split, task, len(keys))
+
+
+@pytest.mark.parametrize("task", ["mlm", "classify"])
+def test_manifest_that_does_not_match_its_shards(split, task):
+    manifest = json.loads((split / "manifest.json").read_text())
+    manifest["shards"][0]["count"] += 3
+    manifest["num_samples"] += 3
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    shard = split / manifest["shards"][0]["name"]
+    with pytest.raises(BioscanError, match=rf"{shard.name} ends after sample"):
+        run(split, task, "raise", shuffle=False)
+    check_skip(split, task, 3, shuffle=False)
+
+
+def test_bad_policy_name(split):
+    with pytest.raises(BioscanError, match="on_error"):
+        make_loader(split, "mlm", on_error="ignore")
+
+
+def test_skips_reach_the_main_process_from_workers(split):
+    shard, keys = first_shard(split)
+    rewrite(shard, lambda name, data: None if name == f"{keys[0]}.dna" else (name, data))
+    loader = make_loader(split, "mlm", batch_size=BATCH, num_workers=2, on_error="skip")
+    n = sum(len(b["processid"]) for b in loader)
+    assert loader.skipped == 1 and n == read_manifest(split)["num_samples"]
+    assert keys[0] in loader.errors[0][1]
