@@ -115,11 +115,14 @@ def _explain(exc: Exception, header: list[str], path: Path) -> str:
         return text
     column, kind, value = header[int(m.group(1))], m.group(2), m.group(3)
     where = ""
-    with open(path, newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.DictReader(f), start=1):
-            if row.get(column) == value:
-                where = f"record {number} ({row.get('processid')}): "
-                break
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for number, row in enumerate(csv.DictReader(f), start=1):
+                if row.get(column) == value:
+                    where = f"record {number} ({row.get('processid')}): "
+                    break
+    except csv.Error:
+        pass  # the value alone still names the problem
     return f"{where}column {column!r} holds {value!r}, which is not a valid {kind}"
 
 

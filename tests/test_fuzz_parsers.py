@@ -1,0 +1,107 @@
+"""Fuzzing every parser the project owns: tar reading (compiled and Python) and metadata.
+
+Random, truncated and bit-flipped inputs must end in a result or a clear
+``BioscanError`` naming the file — never a crash, another exception or a hang.
+The CI run is short; the long run is::
+
+    BIOSCAN_FUZZ_N=20000 pytest tests/test_fuzz_parsers.py -q
+
+(the tokenizer's own fuzzing is tests/test_tokenizer_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioscan_io.loader import ErrorPolicy, _read_segment
+from bioscan_io.metadata import read_metadata
+from bioscan_io.schema import METADATA_CSV, METADATA_JSONLD, BioscanError
+from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.tarscan import read_column
+
+N = int(os.environ.get("BIOSCAN_FUZZ_N", "300"))
+
+
+def mutations(data: bytes, rng: np.random.Generator, n: int):
+    """Truncations, bit flips, byte runs and random bytes derived from ``data``."""
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            yield data[: int(rng.integers(0, len(data) + 1))]
+        elif kind == 1:
+            b = bytearray(data)
+            for _ in range(int(rng.integers(1, 8))):
+                pos = int(rng.integers(0, len(b)))
+                b[pos] ^= 1 << int(rng.integers(0, 8))
+            yield bytes(b)
+        elif kind == 2:
+            b = bytearray(data)
+            pos = int(rng.integers(0, len(b)))
+            b[pos:pos + int(rng.integers(1, 600))] = bytes([int(rng.integers(0, 256))]) * int(rng.integers(1, 600))
+            yield bytes(b)
+        else:
+            yield rng.integers(0, 256, int(rng.integers(0, 4000)), dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def small_shard(dataset_small, tmp_path_factory) -> bytes:
+    out = tmp_path_factory.mktemp("fuzz-shard")
+    s = shard_split(dataset_small, "val", out=out, maxcount=6, progress=False, log=lambda m: None)
+    return (Path(s.folder) / read_manifest(s.folder)["shards"][0]["name"]).read_bytes()
+
+
+def test_tar_readers_survive_mutated_shards(small_shard, tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "fuzz.tar"
+    errors = ErrorPolicy("skip")
+    for data in mutations(small_shard, rng, N):
+        path.write_bytes(data)
+        found = read_column(str(path), 0, 6, "dna")
+        if found is not None:
+            block, missing, error = found
+            assert len(block["dna"]) + len(missing) <= 6
+            assert error is None or "fuzz.tar" in str(error)
+        try:
+            samples = list(_read_segment(str(path), 0, 6, frozenset(["dna", "json"])))
+            assert len(samples) <= 6
+        except BioscanError as exc:
+            assert "fuzz.tar" in str(exc)
+    assert errors.drain() == []
+
+
+def test_metadata_reader_survives_mutated_files(dataset_small, tmp_path):
+    rng = np.random.default_rng(2)
+    csv_text = (dataset_small / METADATA_CSV).read_bytes()
+    jsonld = (dataset_small / METADATA_JSONLD).read_bytes()
+    # Keep the files small so that many mutations run quickly.
+    head = b"\n".join(csv_text.split(b"\n")[:40]) + b"\n"
+    json_head = jsonld[:20000]
+    for name, data in (("m.csv", head), ("m.jsonld", json_head)):
+        path = tmp_path / name
+        for mutated in mutations(data, rng, N // 3):
+            path.write_bytes(mutated)
+            try:
+                table = read_metadata(path)
+            except BioscanError as exc:
+                assert str(path) in str(exc)
+            else:
+                assert table.num_columns == 23
+
+
+def test_cached_metadata_reader_survives_mutated_csv(dataset_small, tmp_path):
+    rng = np.random.default_rng(3)
+    head = b"\n".join((dataset_small / METADATA_CSV).read_bytes().split(b"\n")[:30]) + b"\n"
+    for i, mutated in enumerate(mutations(head, rng, max(N // 10, 8))):
+        path = tmp_path / f"m{i}.csv"
+        path.write_bytes(mutated)
+        try:
+            read_metadata(path, cache_dir=tmp_path / "cache")
+        except BioscanError as exc:
+            assert str(path) in str(exc)
+        assert not list((tmp_path / "cache").glob("*.tmp-*"))
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
