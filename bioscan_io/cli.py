@@ -91,11 +91,53 @@ def shard_main(argv=None) -> int:
     return _run("bioscan-shard", _do_shard, args)
 
 
+def _verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bioscan-io verify",
+        description="Check a split folder of shards: files against manifest.json, every sample readable and "
+                    "complete, every record of the metadata present once and unchanged. "
+                    "Exit status: 0 OK, 1 problems found, 2 usage error.",
+    )
+    p.add_argument("folder", help="split folder holding manifest.json and the shards")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--root", help="dataset root whose metadata (and, with --images, images) to compare with "
+                                       "(default: those the manifest names)")
+    source.add_argument("--metadata", help="metadata CSV or JSON-LD to compare with (default: the manifest's)")
+    p.add_argument("--images", action="store_true", help="also compare every image byte for byte with its source file")
+    p.add_argument("--json", action="store_true", help="print one JSON object (folder, ok, samples, shards, problems)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def verify_main(argv=None) -> int:
+    """``bioscan-io verify``: 0 when the shards are sound, 1 when problems were found, 2 on a usage error."""
+    import json
+
+    from .verify import verify_split
+
+    args = _verify_parser().parse_args(argv)
+    try:
+        report = verify_split(args.folder, root=args.root, metadata=args.metadata, images=args.images,
+                              progress=not args.no_progress)
+    except BioscanError as exc:
+        print(f"bioscan-io verify: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bioscan-io verify: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def main(argv=None) -> int:
-    """``bioscan-io <command>``: ``shard`` (as bioscan-shard) or ``generate``."""
+    """``bioscan-io <command>``: ``shard`` (as bioscan-shard), ``generate`` or ``verify``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"shard": "pack a split into shards (same as bioscan-shard)",
-                "generate": "write a synthetic dataset in the official layout"}
+                "generate": "write a synthetic dataset in the official layout",
+                "verify": "check a split folder of shards against its manifest and the metadata"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: bioscan-io {" + ",".join(commands) + "} ...\n", file=sys.stderr)
         for name, text in commands.items():
@@ -105,6 +147,8 @@ def main(argv=None) -> int:
     if command == "shard":
         args = _shard_parser("bioscan-io shard").parse_args(rest)
         return _run("bioscan-io shard", _do_shard, args)
+    if command == "verify":
+        return verify_main(rest)
     from .synth import generate_main
 
     return generate_main(rest)
