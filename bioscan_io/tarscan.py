@@ -26,9 +26,10 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "or `python setup.py build_ext --inplace` in the source tree"
     ) from exc
 
-# Populating the whole map in one call is cheaper than faulting in the header
-# pages one by one (measured in benchmarks/test_bench_mlm_loader.py).
-_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# A plain shared map: the walk faults in only the pages holding headers and the
+# wanted payloads. MAP_POPULATE measured no faster on warm page cache, and on a
+# cold disk it would read every image too.
+_MAP_FLAGS = mmap.MAP_SHARED
 
 #: Status code of a shard that needs the Python reader.
 UNSUPPORTED = 5
