@@ -1,38 +1,229 @@
-"""Decode and augment specimen images (pillow-simd), one function per step.
+"""Decode and augment specimen images (pillow-simd).
 
 Training: random resized crop (torchvision's algorithm and defaults: scale
 0.08-1, ratio 3/4-4/3) and random flips. Evaluation: resize the shorter side
 to 256, centre crop 224. Each sample's random draws come from its own
 generator keyed by (seed, epoch, processid), so augmentation does not depend
-on worker count or order. Images leave here as uint8 HWC arrays; the collate
-step stacks them and, if asked, normalises with the dataset's mean and std
-(or leaves that to the GPU).
+on worker count or order. Batches leave :func:`stack` as uint8 NCHW tensors
+(normalise on the GPU with :func:`normalize`) or, if asked, float32 normalised
+with the dataset's mean and std.
+
+Two ways in:
+
+* step by step -- :func:`decode`, then :func:`train_transform` or
+  :func:`eval_transform` (uint8 HWC arrays), then :func:`stack`;
+* fused, what the loader uses -- :func:`decode_train` / :func:`decode_eval`
+  take the JPEG bytes and return a :class:`PreparedImage` (the random draws
+  made, the pixels not yet), which :func:`stack` renders into the batch.
+
+The fused path does each step once, with the least work:
+
+1. the JPEG's size comes from its frame header (a few byte reads), and the
+   crop box is drawn from it before anything is decoded;
+2. the pixels are made one image at a time inside :func:`stack`, straight
+   into the batch tensor: a batch never holds more than one decoded image;
+3. only the rows the crop needs are decoded (libjpeg stops after the crop's
+   last row plus the rows the resampling filter reads; decoding is
+   sequential, so the rows above the crop are decoded);
+4. a crop at least twice the output size (both sides) is decoded at 1/2, 1/4
+   or 1/8 scale in the DCT domain (libjpeg scaling, as ``Image.draft``), then
+   resized: the crop geometry is unchanged, the pixels change slightly (a
+   DCT-domain low-pass, then the bilinear filter, instead of the bilinear
+   filter over the full-size pixels; ~50 dB PSNR on the generated 'cropped'
+   and 'original_full' images). ``dct_scaling=False`` turns it off;
+   ``cropped_256`` images never qualify for a 224 crop;
+5. crop + resize is one ``resize(..., box=...)`` call (pillow-simd's SIMD
+   resampler); a box the size of the output on whole pixels (evaluation of a
+   ``cropped_256`` image) is a plain crop;
+6. flips and the HWC -> CHW change happen while the three planes are copied
+   into the batch, which is allocated once (in shared memory inside a
+   DataLoader worker, so it is not copied again on its way to the main
+   process) and pre-faulted in one system call.
+
+Without DCT scaling the fused path gives exactly the pixels of
+``train_transform(decode(data), ...)`` / ``eval_transform(decode(data), ...)``
+with the same generator state.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import mmap
 import random
+import sys
 
 import numpy as np
 from PIL import Image
 
 from .schema import RGB_MEAN, RGB_STD, BioscanError
 
+_BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
+_FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT if hasattr(Image, "Transpose") else Image.FLIP_LEFT_RIGHT
+_FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM if hasattr(Image, "Transpose") else Image.FLIP_TOP_BOTTOM
+_DEFAULT_RATIO = (3 / 4, 4 / 3)
 
-def decode(data: bytes, where: str = "") -> Image.Image:
-    """Decode JPEG (or any PIL-readable) bytes to an RGB image."""
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _open(data: bytes, where: str) -> Image.Image:
+    """PIL's header reader (any format); no pixels yet."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        return Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises a zoo of types for corrupt data
+        raise BioscanError(f"corrupt image {where}: {exc}") from None
+
+
+def _load_rgb(img: Image.Image, where: str) -> Image.Image:
+    """PIL's general decoder (any format, any mode), to RGB."""
+    try:
+        img.load()
+    except Exception as exc:
         raise BioscanError(f"corrupt image {where}: {exc}") from None
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+_SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive
+_STANDALONE = frozenset((0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7))
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of an 8-bit, 3-component Huffman JPEG, from its frame header; else None.
+
+    A few byte reads instead of PIL's header parser (which also parses every
+    table): all the fast path needs. None sends the bytes to ``Image.open``.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _STANDALONE:
+            i += 2
+        elif marker in _SOF_HUFFMAN:
+            if i + 10 > n or data[i + 4] != 8 or data[i + 9] != 3:
+                return None
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            return (width, height) if width and height else None
+        elif (0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker in (0xD8, 0xD9, 0xDA):
+            return None  # another coding process, or no frame header before the scan
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _complete(data: bytes) -> bool:
+    """Whether the bytes end with a JPEG end-of-image marker (a truncated file does not)."""
+    return b"\xff\xd9" in data[-32:]
+
+
+def _check_size(size: tuple[int, int], where: str) -> None:
+    """PIL's decompression-bomb check, as ``Image.open`` makes it."""
+    try:
+        Image._decompression_bomb_check(size)
+    except Image.DecompressionBombError as exc:
+        raise BioscanError(f"corrupt image {where}: {exc}") from None
+
+
+def _jpeg_rows(data: bytes, size: tuple[int, int], rows: int | None, scale: int = 1) -> Image.Image | None:
+    """The first ``rows`` rows of an RGB JPEG at ``1/scale``; None sends it to PIL's general path.
+
+    ``size`` is the image's (from :func:`_jpeg_header`). Drives PIL's own libjpeg
+    decoder, with the arguments ``ImageFile.load`` gives it, on a new image of
+    just those rows. libjpeg reports stopping before the last row as an error at
+    its end-of-image check; that is expected here, so the result is trusted only
+    if the file ends with an EOI marker (a truncated file takes the general
+    path, which raises, so a damaged image fails whatever its crop) and the
+    last row, zeroed before, is not all zero afterwards (an early decoder error
+    would leave it so; the general path then decides, as it does for a row that
+    is black in the image). ``rows=None`` decodes every row.
+    """
+    if not _complete(data):  # no EOI at the end: truncated, or data after it
+        return None
+    w, h = -(-size[0] // scale), -(-size[1] // scale)
+    rows = h if rows is None else max(1, min(h, int(rows)))
+    core = Image.core.new("RGB", (w, rows))
+    core.paste((0, 0, 0), (0, rows - 1, w, rows))  # the sentinel row
+    try:
+        decoder = Image._getdecoder("RGB", "jpeg", ("RGB", ""), (scale, 0) if scale > 1 else ())
+        try:
+            decoder.setimage(core, (0, 0, w, rows))
+            n, err = decoder.decode(data)
+        finally:
+            decoder.cleanup()
+    except Exception:
+        return None
+    if n >= 0 or (rows == h and err != 0):  # wants more data (truncated), or failed
+        return None
+    out = Image.Image()._new(core)
+    if rows < h and (err not in (0, -2) or out.crop((0, rows - 1, w, rows)).getbbox() is None):
+        return None
+    return out
+
+
+def decode(data: bytes, where: str = "") -> Image.Image:
+    """Decode JPEG (or any PIL-readable) bytes to an RGB image."""
+    data = _as_bytes(data)
+    size = _jpeg_header(data)
+    if size is not None:
+        _check_size(size, where)
+        fast = _jpeg_rows(data, size, None)
+        if fast is not None:
+            return fast
+    return _load_rgb(_open(data, where), where)
+
+
+def _dct_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
+    """The largest JPEG DCT scale (8, 4, 2) that keeps the crop at least the output size."""
+    for s in (8, 4, 2):
+        if box_w >= s * out_w and box_h >= s * out_h:
+            return s
+    return 1
+
+
+def _rows_for(box, out_h: int, scale: int) -> int:
+    """Rows (at ``1/scale``) a bilinear resize of ``box`` to ``out_h`` reads: the box and the filter's reach."""
+    reach = max((box[3] - box[1]) / scale / out_h, 1.0)  # bilinear support 1 x the filter's scale
+    return int(math.ceil(box[3] / scale + reach)) + 1
+
+
+def _load_for_box(data: bytes, size: tuple[int, int] | None, box, out_size: tuple[int, int], where: str,
+                  dct_scaling: bool, img: Image.Image | None = None):
+    """Decode what resizing ``box`` (full-size coordinates) to ``out_size`` needs; returns (image, box).
+
+    ``size`` is the JPEG header's (fast path) or None (PIL's general path, on
+    ``img`` when already opened).
+    """
+    if size is not None:
+        scale = _dct_scale(box[2] - box[0], box[3] - box[1], *out_size) if dct_scaling else 1
+        fast = _jpeg_rows(data, size, _rows_for(box, out_size[1], scale), scale)
+        if fast is None and scale > 1:
+            scale = 1
+            fast = _jpeg_rows(data, size, _rows_for(box, out_size[1], 1), 1)
+        if fast is not None:
+            return fast, (box if scale == 1 else tuple(v / scale for v in box))
+    return _load_rgb(img if img is not None else _open(data, where), where), box
+
+
+def _crop_resize(img: Image.Image, box, size: tuple[int, int]) -> Image.Image:
+    """``img`` cropped to ``box`` and resized to ``size`` (bilinear) in one step."""
+    left, top, right, bottom = box
+    if (right - left, bottom - top) == size and all(float(v).is_integer() for v in box):
+        return img.crop(tuple(int(v) for v in box))  # resampling at scale 1 on whole pixels: a crop
+    return img.resize(size, _BILINEAR, box=box)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
 def random_resized_crop_box(width: int, height: int, rng: random.Random,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+                            scale=(0.08, 1.0), ratio=_DEFAULT_RATIO) -> tuple[int, int, int, int]:
     """A crop box ``(left, top, right, bottom)`` drawn as torchvision's RandomResizedCrop does."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -56,51 +247,248 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random,
     return left, top, left + w, top + h
 
 
-def train_transform(img: Image.Image, size: int, rng: random.Random,
-                    hflip: bool = True, vflip: bool = False, scale=(0.08, 1.0)) -> np.ndarray:
+def eval_box(width: int, height: int, size: int, resize: int) -> tuple[float, float, float, float]:
+    """The source box of "resize the shorter side to ``resize``, centre crop ``size``".
+
+    torchvision's arithmetic: the longer side becomes ``int(resize * long / short)``,
+    the crop's offsets ``int(round((new - size) / 2))``; the box maps the crop back
+    onto the source image, so one resize call does both steps.
+    """
+    if resize < size:
+        raise BioscanError(f"eval resize {resize} is smaller than the crop size {size}")
+    if width <= height:
+        nw, nh = resize, max(1, int(resize * height / width))
+    else:
+        nw, nh = max(1, int(resize * width / height)), resize
+    top = int(round((nh - size) / 2.0))
+    left = int(round((nw - size) / 2.0))
+    sx, sy = width / nw, height / nh
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class PreparedImage:
+    """One sample's image: its crop and flips drawn, its pixels made when it is copied into a batch.
+
+    What :func:`decode_train` and :func:`decode_eval` return and :func:`stack`
+    takes. :meth:`write` decodes (the rows needed), crops and resizes, flips and
+    copies the three planes into a CHW array; :meth:`load` decodes at once
+    instead (and keeps the result), so that a corrupt image raises there.
+    """
+
+    __slots__ = ("_data", "_src_size", "_img", "_box", "size", "hflip", "vflip", "_where", "_dct", "_pixels")
+
+    def __init__(self, data: bytes, src_size: tuple[int, int] | None, img: Image.Image | None, box,
+                 size: tuple[int, int], hflip: bool = False, vflip: bool = False, where: str = "",
+                 dct_scaling: bool = True):
+        self._data, self._src_size, self._img, self._box = data, src_size, img, box
+        self.size, self.hflip, self.vflip = size, bool(hflip), bool(vflip)
+        self._where, self._dct = where, dct_scaling
+        self._pixels = None
+
+    def __reduce__(self):  # pickles as the bytes and the draws, not as pixels
+        return (PreparedImage, (self._data, self._src_size, None, self._box, self.size, self.hflip, self.vflip,
+                                self._where, self._dct))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(3, height, width)``, the CHW shape."""
+        return (3, self.size[1], self.size[0])
+
+    def render(self) -> Image.Image:
+        """The cropped, resized RGB image, flips not applied (decoded now unless :meth:`load` was called)."""
+        if self._pixels is not None:
+            return self._pixels
+        src, box = _load_for_box(self._data, self._src_size, self._box, self.size, self._where, self._dct, self._img)
+        return _crop_resize(src, box, self.size)
+
+    def load(self) -> PreparedImage:
+        """Decode now, so that a corrupt image raises here; keeps the pixels for :meth:`write`."""
+        if self._pixels is None:
+            self._pixels = self.render()
+        return self
+
+    def write(self, out: np.ndarray) -> None:
+        """Render into ``out``, a uint8 array of shape (3, height, width), flips applied."""
+        img = self.render()
+        w, h = self.size
+        ystep = -1 if self.vflip else 1  # the raw encoder writes the rows bottom up: a free vertical flip
+        for c, band in enumerate("RGB"):
+            plane = np.frombuffer(img.tobytes("raw", band, 0, ystep), np.uint8).reshape(h, w)
+            out[c] = plane[:, ::-1] if self.hflip else plane
+
+    def numpy(self) -> np.ndarray:
+        """The image as a new uint8 CHW array."""
+        out = np.empty(self.shape, np.uint8)
+        self.write(out)
+        return out
+
+    def hwc(self) -> np.ndarray:
+        """The image as a uint8 HWC array (what :func:`train_transform` returns)."""
+        return np.ascontiguousarray(self.numpy().transpose(1, 2, 0))
+
+
+def _as_bytes(data) -> bytes:
+    """Bytes from any bytes-like object (a memoryview of an Arrow buffer, say)."""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _header(data: bytes, where: str):
+    """(image size, JPEG header size for the fast path or None, the opened image for the general path or None)."""
+    size = _jpeg_header(data)
+    if size is not None:
+        _check_size(size, where)
+        return size, size, None
+    img = _open(data, where)
+    return img.size, None, img
+
+
+def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
+                 scale=(0.08, 1.0), ratio=_DEFAULT_RATIO, where: str = "",
+                 dct_scaling: bool = True, lazy: bool = True) -> PreparedImage:
+    """JPEG bytes -> random resized crop to ``size`` x ``size`` + random flips, fused.
+
+    The draws from ``rng`` are those of :func:`train_transform` (crop box, then
+    one ``rng.random()`` per enabled flip), so the pixels equal
+    ``train_transform(decode(data), size, rng, ...)`` (unless DCT scaling applies:
+    module docstring). Returns a :class:`PreparedImage`; :func:`stack` makes its
+    pixels.
+
+    Errors (:class:`BioscanError` naming ``where``): bytes that are not an image
+    and JPEG files without their end-of-image marker (truncated ones: decoded
+    here) raise here; the rare damage only the decoder sees (a corrupt Huffman
+    table, say) raises when the pixels are made, in :func:`stack`.
+    ``lazy=False`` decodes here instead (slower: a batch then holds all its
+    images decoded at once).
+    """
+    data = _as_bytes(data)
+    (width, height), fast, img = _header(data, where)
+    box = random_resized_crop_box(width, height, rng, scale=scale, ratio=ratio)
+    h_flip = hflip and rng.random() < 0.5
+    v_flip = vflip and rng.random() < 0.5
+    out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling)
+    return out.load() if not lazy or not _complete(data) else out
+
+
+def decode_eval(data: bytes, size: int, resize: int, where: str = "",
+                dct_scaling: bool = True, lazy: bool = True) -> PreparedImage:
+    """JPEG bytes -> resize the shorter side to ``resize`` + centre crop ``size``, fused (as :func:`decode_train`)."""
+    data = _as_bytes(data)
+    (width, height), fast, img = _header(data, where)
+    box = eval_box(width, height, size, resize)
+    out = PreparedImage(data, fast, img, box, (size, size), where=where, dct_scaling=dct_scaling)
+    return out.load() if not lazy or not _complete(data) else out
+
+
+def train_transform(img: Image.Image, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
+                    scale=(0.08, 1.0), ratio=_DEFAULT_RATIO) -> np.ndarray:
     """Random resized crop to ``size`` x ``size``, then random flips; uint8 HWC."""
-    box = random_resized_crop_box(img.width, img.height, rng, scale=scale)
-    out = img.resize((size, size), Image.BILINEAR, box=box)
+    box = random_resized_crop_box(img.width, img.height, rng, scale=scale, ratio=ratio)
+    out = _crop_resize(img, box, (size, size))
     if hflip and rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(_FLIP_LR)
     if vflip and rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_TOP_BOTTOM)
+        out = out.transpose(_FLIP_TB)
     return np.asarray(out)
 
 
 def eval_transform(img: Image.Image, size: int, resize: int) -> np.ndarray:
     """Resize the shorter side to ``resize``, centre crop ``size``; uint8 HWC."""
-    w, h = img.size
-    if w <= h:
-        nw, nh = resize, max(1, int(resize * h / w))
+    box = eval_box(img.width, img.height, size, resize)
+    return np.asarray(_crop_resize(img, box, (size, size)))
+
+
+# ----------------------------------------------------------------------------- batches
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_madvise = None  # libc's madvise once looked up; False where unavailable
+
+
+def _prefault(tensor) -> None:
+    """Fault in a new tensor's pages in one system call instead of one page fault per 4 KiB.
+
+    ``madvise(MADV_POPULATE_WRITE)``; measured 50 -> 38 us per 224x224 image
+    for shared memory, 36 -> 21 us for private memory. Silently skipped where
+    the kernel or platform lacks it.
+    """
+    global _madvise
+    if _madvise is False:
+        return
+    if _madvise is None:
+        try:
+            import ctypes
+
+            if not sys.platform.startswith("linux"):
+                raise OSError("not Linux")
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            fn.restype = ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):
+            _madvise = False
+            return
+    addr = tensor.data_ptr()
+    start = addr - addr % mmap.PAGESIZE
+    if _madvise(start, addr + tensor.nbytes - start, _MADV_POPULATE_WRITE) != 0:
+        _madvise = False  # EINVAL: a kernel before 5.14
+
+
+def _empty(shape: tuple[int, ...], dtype):
+    """A new tensor, pre-faulted; in shared memory inside a DataLoader worker (sent without a copy)."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        out = torch.empty(shape, dtype=dtype)
     else:
-        nw, nh = max(1, int(resize * w / h)), resize
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    # Resize and crop in one call: PIL maps the box back onto the source.
-    sx, sy = w / nw, h / nh
-    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box))
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes)).view(shape)
+    if out.nbytes >= 1 << 20:
+        _prefault(out)
+    return out
 
 
-def stack(images: list[np.ndarray], dtype: str = "uint8"):
-    """Batch uint8 HWC images into a torch tensor NCHW.
+def stack(images: list, dtype: str = "uint8"):
+    """Batch images into a torch tensor NCHW.
 
-    ``dtype="uint8"`` keeps bytes (normalise on the GPU with :func:`normalize`);
-    ``"float32"`` returns them normalised with the dataset's mean and std.
+    ``images`` holds :class:`PreparedImage` objects (from :func:`decode_train` /
+    :func:`decode_eval`, rendered here one by one straight into the batch) or
+    uint8 HWC arrays (from :func:`train_transform` / :func:`eval_transform`),
+    all the same size. ``dtype="uint8"`` keeps bytes (normalise on the GPU with
+    :func:`normalize`); ``"float32"`` returns them normalised with the dataset's
+    mean and std. Inside a DataLoader worker the batch is made in shared memory.
     """
     import torch
 
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    if not images:
+        raise BioscanError("stack needs at least one image")
+    first = images[0]
+    h, w = first.shape[1:] if isinstance(first, PreparedImage) else np.shape(first)[:2]
+    shape = (len(images), 3, h, w)
+    # uint8: the batch itself goes to the main process; float32: only its normalised copy does
+    batch = _empty(shape, torch.uint8) if dtype == "uint8" else torch.empty(shape, dtype=torch.uint8)
+    out = batch.numpy()
+    for i, x in enumerate(images):
+        if isinstance(x, PreparedImage):
+            if x.size != (w, h):
+                raise BioscanError(f"stack: image {i} is {x.size[0]}x{x.size[1]}, not {w}x{h}")
+            x.write(out[i])
+        else:
+            out[i] = np.asarray(x).transpose(2, 0, 1)
     if dtype == "uint8":
         return batch
-    return normalize(batch)
+    return normalize(batch, out=_empty(shape, torch.float32))
 
 
-def normalize(batch):
+def normalize(batch, out=None):
     """uint8 NCHW tensor to float32, normalised by the dataset's mean and std (any device)."""
     import torch
 
     mean = torch.tensor(RGB_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(RGB_STD, device=batch.device).view(1, 3, 1, 1) * 255
-    return (batch.float() - mean) / std
+    if out is None:
+        return (batch.float() - mean) / std
+    torch.sub(batch, mean, out=out)
+    return out.div_(std)

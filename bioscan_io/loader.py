@@ -194,6 +194,24 @@ def read_segments(segments, urls: list[str], wanted: frozenset[str], errors: Err
 
 
 def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
+    """Samples of one segment: the compiled walk for local shards, else Python's tarfile."""
+    found = tarscan.read_members(url, start, stop, sorted(wanted)) if tarscan.is_local(url) else None
+    if found is None:
+        yield from _read_segment_tarfile(url, start, stop, wanted)
+        return
+    keys, values, present, error = found
+    columns = {ext: (values[ext].to_pylist(), present[ext].tolist()) for ext in values}
+    for i, key in enumerate(keys.to_pylist()):
+        sample = {"__key__": key, "__url__": url}
+        for ext, (payloads, has) in columns.items():
+            if has[i]:
+                sample[ext] = payloads[i]
+        yield sample
+    if error is not None:
+        raise error
+
+
+def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str]):
     try:
         stream = wds.gopen(url)
     except Exception as exc:
@@ -387,12 +405,12 @@ class _Task:
             except ValueError as exc:
                 raise BioscanError(f"bad JSON in {where}.json: {exc}") from None
         if "jpg" in sample:
-            img = im.decode(sample["jpg"], f"{where}.jpg")
+            # Prepared, not yet decoded: the pixels are made inside im.stack, straight into the batch.
             if self.train:
-                out["image"] = im.train_transform(img, self.image_size, _sample_rng(self.seed, epoch, key),
-                                                  hflip=self.hflip, vflip=self.vflip)
+                out["image"] = im.decode_train(sample["jpg"], self.image_size, _sample_rng(self.seed, epoch, key),
+                                               hflip=self.hflip, vflip=self.vflip, where=f"{where}.jpg")
             else:
-                out["image"] = im.eval_transform(img, self.image_size, self.resize)
+                out["image"] = im.decode_eval(sample["jpg"], self.image_size, self.resize, where=f"{where}.jpg")
         return out
 
     def label_index(self, record: dict, rank: str) -> int:
