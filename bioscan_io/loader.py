@@ -431,8 +431,21 @@ class _Task:
         ids, att, labels = torch.from_numpy(out)
         return {"processid": keys.to_pylist(), "input_ids": ids, "attention_mask": att, "labels": labels}
 
-    def collate(self, samples: list[dict], epoch: int) -> dict:
-        """A batch of the per-sample tasks (classify, clip, embed)."""
+    def collate(self, samples: list[dict], epoch: int, errors: ErrorPolicy) -> dict:
+        """A batch of the per-sample tasks (classify, clip, embed).
+
+        Images are decoded while they are stacked, so damage only the decoder sees
+        surfaces here; under the skip policy the bad ones are found, counted, and
+        good samples of the batch stand in for them.
+        """
+        if "image" in self.modalities and errors.mode == "skip":
+            try:
+                return self._collate(samples, epoch)
+            except BioscanError:
+                samples = _without_bad_images(samples, errors)
+        return self._collate(samples, epoch)
+
+    def _collate(self, samples: list[dict], epoch: int) -> dict:
         pids = [s["processid"] for s in samples]
         batch: dict = {"processid": pids}
         if "dna" in self.modalities:
@@ -449,6 +462,20 @@ class _Task:
             for rank in RANKS:
                 batch[f"{rank}_index"] = torch.tensor([self.label_index(r, rank) for r in records], dtype=torch.int64)
         return batch
+
+
+def _without_bad_images(samples: list[dict], errors: ErrorPolicy) -> list[dict]:
+    bad = []
+    for i, sample in enumerate(samples):
+        try:
+            sample["image"].load()
+        except BioscanError as exc:
+            errors.handle(exc, 1)
+            bad.append(i)
+    good = [s for i, s in enumerate(samples) if i not in bad]
+    if not good:
+        raise BioscanError(f"every image of a batch of {len(samples)} was bad")
+    return good + [good[j % len(good)] for j in range(len(bad))]
 
 
 class EpochStream(IterableDataset):
@@ -503,7 +530,8 @@ class EpochStream(IterableDataset):
             stages += [
                 lambda samples: decode_samples(samples, task, epoch, errors),
                 lambda samples: refill(samples, expected, errors),
-                wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch), partial=True),
+                wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch, errors),
+                            partial=True),
             ]
         stages.append(lambda batches: _report(batches, errors))
         return iter(wds.DataPipeline(*stages))

@@ -164,3 +164,30 @@ def test_skips_reach_the_main_process_from_workers(split):
     n = sum(len(b["processid"]) for b in loader)
     assert loader.skipped == 1 and n == read_manifest(split)["num_samples"]
     assert keys[0] in loader.errors[0][1]
+
+
+def _without_quantization_tables(jpeg: bytes) -> bytes:
+    """A JPEG whose headers parse but whose pixels cannot be decoded (no DQT segment)."""
+    out, i = bytearray(jpeg[:2]), 2
+    while i < len(jpeg):
+        marker = jpeg[i + 1]
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
+            return bytes(out + jpeg[i:])
+        length = int.from_bytes(jpeg[i + 2:i + 4], "big")
+        if marker != 0xDB:
+            out += jpeg[i:i + 2 + length]
+        i += 2 + length
+    raise AssertionError("no start of scan")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_jpeg_damage_only_the_decoder_sees(split, train):
+    """Images are decoded while the batch is stacked: the policy must hold there too."""
+    shard, keys = first_shard(split)
+    victim = keys[2]
+    rewrite(shard, lambda name, data: (name, _without_quantization_tables(data)) if name == f"{victim}.jpg"
+            else (name, data))
+    with pytest.raises(BioscanError) as err:
+        run(split, "clip", "raise", train=train)
+    assert shard.name in str(err.value) and victim in str(err.value)
+    check_skip(split, "clip", 1, train=train)

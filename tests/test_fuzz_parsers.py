@@ -105,3 +105,23 @@ def test_cached_metadata_reader_survives_mutated_csv(dataset_small, tmp_path):
             assert str(path) in str(exc)
         assert not list((tmp_path / "cache").glob("*.tmp-*"))
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_image_decoder_survives_mutated_jpegs(dataset_small):
+    """images.py parses JPEG headers itself (size, rows to decode): fuzz it with the decoder."""
+    import random
+
+    from bioscan_io import images as im
+
+    jpeg = next((dataset_small / "bioscan5m" / "images" / "cropped_256" / "val").glob("*.jpg")).read_bytes()
+    rng = np.random.default_rng(4)
+    for i, data in enumerate(mutations(jpeg, rng, N)):
+        try:
+            if i % 2:
+                prepared = im.decode_train(data, 64, random.Random(i), where="fuzz.jpg")
+            else:
+                prepared = im.decode_eval(data, 64, 72, where="fuzz.jpg")
+            batch = im.stack([prepared])
+            assert tuple(batch.shape) == (1, 3, 64, 64)
+        except BioscanError as exc:
+            assert "fuzz.jpg" in str(exc)
