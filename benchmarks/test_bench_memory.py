@@ -18,9 +18,8 @@ import sys
 import textwrap
 
 import pytest
+from conftest import sharded_dataset
 
-from bioscan_io import synth
-from bioscan_io.shard import shard_split
 
 N_RECORDS = int(os.environ.get("BIOSCAN_BENCH_RECORDS", "3000"))
 TASKS = [("mlm", {}), ("classify", {"modality": "dna"}), ("classify", {"modality": "image"}),
@@ -29,11 +28,7 @@ TASKS = [("mlm", {}), ("classify", {"modality": "dna"}), ("classify", {"modality
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench-mem-data")
-    synth.generate(root, n_records=N_RECORDS, seed=9, workers=2)
-    out = tmp_path_factory.mktemp("bench-mem-shards")
-    shard_split(root, "all", out=out, maxcount=1000, progress=False, log=lambda m: None)
-    return out / "all"
+    return sharded_dataset(tmp_path_factory, "bench-mem", N_RECORDS, seed=9)
 
 
 def _peak(folder, task: str, kw: dict) -> dict:

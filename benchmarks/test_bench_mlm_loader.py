@@ -21,13 +21,13 @@ import os
 import time
 
 import pytest
+from conftest import sharded_dataset
 import torch
 import webdataset as wds
 from baselines import BarcodeBertStyle
 
-from bioscan_io import synth
 from bioscan_io.loader import make_loader
-from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.shard import read_manifest
 from bioscan_io.tarscan import read_column
 
 STRICT = os.environ.get("BIOSCAN_BENCH_STRICT", "") not in ("", "0")
@@ -38,11 +38,7 @@ RESULTS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench-mlm-data")
-    synth.generate(root, n_records=N_RECORDS, seed=5, workers=2)
-    out = tmp_path_factory.mktemp("bench-mlm-shards")
-    shard_split(root, "all", out=out, maxcount=1000, progress=False, log=lambda m: None)
-    return out / "all"
+    return sharded_dataset(tmp_path_factory, "bench-mlm", N_RECORDS, seed=5)
 
 
 def _bioscan_epoch(loader, epoch: int) -> int:

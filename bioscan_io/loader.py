@@ -24,6 +24,7 @@ embed      processid, ``<rank>_index`` for every rank, and input_ids +
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -375,7 +376,7 @@ class _Task:
         if self.labels is not None:
             self._lookup = {r: {v: i for i, v in enumerate(vals)} for r, vals in self.labels.items()}
 
-    @property
+    @functools.cached_property
     def members(self) -> frozenset[str]:
         wanted = set()
         if "dna" in self.modalities:

@@ -301,11 +301,7 @@ def _atomic_write_json(path: Path, obj) -> None:
 
 
 def _hash_existing(path: Path, count: int) -> ShardInfo:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 << 20), b""):
-            digest.update(block)
-    return ShardInfo(path.name, count, path.stat().st_size, digest.hexdigest())
+    return ShardInfo(path.name, count, path.stat().st_size, md.file_sha256(path))
 
 
 def _finished(folder: Path, fingerprint: str, plan: dict[str, int]) -> dict[str, ShardInfo]:
