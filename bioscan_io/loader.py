@@ -1,12 +1,15 @@
 """``make_loader``: WebDataset pipelines for the tasks of the BIOSCAN-5M paper.
 
-Each DataLoader worker runs one pipeline, a list of small stages::
+Each DataLoader worker runs one pipeline, a list of small stages over blocks
+of rows (Arrow columns): no Python object per sample is made but the ids
+(and text) handed out and the images being decoded::
 
     epoch plan (this rank's and worker's shard segments, distributed.py)
-      -> read samples (only the tar members the task needs)
-      -> shuffle (seeded buffer; training only)
-      -> decode (json, image decode + augment)
-      -> batch + collate (one tokenizer call per batch, images stacked)
+      -> read blocks (only the tar members the task needs; compiled header walk)
+      -> parse records (the .json fields the task needs -> label / text columns)
+      -> refill (good rows stand in for skipped bad ones: exact len() for DDP)
+      -> batches (each block permuted once, cut into slices; training only)
+      -> collate (one tokenizer call per batch; images decoded into the batch)
 
 Batches are dicts of torch tensors, plus lists of strings for ids and text:
 
@@ -38,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -51,6 +56,8 @@ from .tokenizer import KmerTokenizer
 TASKS = ("mlm", "classify", "clip", "embed")
 log = logging.getLogger("bioscan_io")
 MANIFEST = "manifest.json"
+#: Default block of samples read and shuffled together for tasks with images.
+DEFAULT_IMAGE_BLOCK = 1000
 LABELS = "labels.json"
 
 
@@ -182,34 +189,87 @@ class ErrorPolicy:
         return out
 
 
-def read_segments(segments, urls: list[str], wanted: frozenset[str], errors: ErrorPolicy):
-    """Samples ``start <= i < stop`` of each segment's shard, with the wanted members."""
+def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: int | None = None):
+    """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
+
+    Each segment is read with one header walk and cut into blocks of at most
+    ``max_rows`` samples (None: the whole segment), so a worker never holds more
+    than a block of images. Local shards go through the compiled walk (no Python
+    object per sample); remote ones, and shards with headers it does not read,
+    through Python's tarfile. A sample without one of the members, or a fault in
+    the shard, is raised or skipped per ``errors``; skipping loses only the
+    samples the fault made unreadable.
+    """
+    exts = tuple(sorted(exts))
     for seg in segments:
-        done = 0
-        try:
-            for sample in _read_segment(urls[seg.shard], seg.start, seg.stop, wanted):
-                done += 1
-                yield sample
-        except BioscanError as exc:
-            errors.handle(exc, seg.stop - seg.start - done)
+        url = urls[seg.shard]
+        done = 0  # samples of the segment delivered or reported
+        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, max_rows):
+            for key, ext in missing:
+                errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
+            n = len(block["__key__"])
+            done += n + len(missing)
+            if error is not None:
+                errors.handle(error, seg.stop - seg.start - done)
+            if n:
+                block["__shard__"] = pa.array(np.full(n, seg.shard, np.int32))
+                yield block
 
 
-def _read_segment(url: str, start: int, stop: int, wanted: frozenset[str]):
-    """Samples of one segment: the compiled walk for local shards, else Python's tarfile."""
-    found = tarscan.read_members(url, start, stop, sorted(wanted)) if tarscan.is_local(url) else None
+def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None):
+    """``(block, missing, error)`` per block of one segment; ``error`` only with the last."""
+    found = scan_shard(url, start, stop, exts)
     if found is None:
-        yield from _read_segment_tarfile(url, start, stop, wanted)
+        yield from _tarfile_blocks(url, start, stop, exts, max_rows)
         return
-    keys, values, present, error = found
-    columns = {ext: (values[ext].to_pylist(), present[ext].tolist()) for ext in values}
-    for i, key in enumerate(keys.to_pylist()):
-        sample = {"__key__": key, "__url__": url}
-        for ext, (payloads, has) in columns.items():
-            if has[i]:
-                sample[ext] = payloads[i]
-        yield sample
-    if error is not None:
-        raise error
+    with found:
+        step = max_rows or max(found.n, 1)
+        for lo in range(0, max(found.n, 1), step):
+            hi = min(lo + step, found.n)
+            keys, values, present = found.gather(lo, hi)
+            last = hi == found.n
+            # A fault can cut the last sample walked short: it is lost, not "missing".
+            complete = hi - lo - 1 if last and found.error is not None else hi - lo
+            yield (*_complete_rows(keys, values, present, complete), found.error if last else None)
+
+
+def scan_shard(url: str, start: int, stop: int, exts):
+    """The compiled walk of a local shard (:func:`tarscan.scan`), or None for the Python reader."""
+    return tarscan.scan(url, start, stop, exts) if tarscan.is_local(url) else None
+
+
+def _complete_rows(keys, values: dict, present: dict, checked: int):
+    """Keep the samples that have every member; name the missing ones among the first ``checked``."""
+    have = np.logical_and.reduce([present[ext] for ext in values])
+    if have.all():
+        return {"__key__": keys, **values}, []
+    pids = keys.to_pylist()
+    missing = [(pids[i], next(ext for ext in values if not present[ext][i]))
+               for i in np.flatnonzero(~have[:max(checked, 0)])]
+    mask = pa.array(have)
+    return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
+
+
+def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None):
+    """:func:`_segment_blocks` through Python's tarfile (remote URLs, pax headers)."""
+    samples, error = [], None
+
+    def block(checked):
+        keys = pa.array([s["__key__"] for s in samples], pa.large_string())
+        values = {ext: pa.array([s.get(ext) for s in samples], pa.large_binary()) for ext in exts}
+        present = {ext: np.array([ext in s for s in samples], bool) for ext in exts}
+        return _complete_rows(keys, values, present, checked)
+
+    try:
+        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts)):
+            samples.append(sample)
+            if max_rows and len(samples) == max_rows:
+                yield (*block(len(samples)), None)
+                samples = []
+    except BioscanError as exc:
+        error = exc
+    if samples or error is not None:
+        yield (*block(len(samples) - (error is not None)), error)
 
 
 def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str]):
@@ -230,7 +290,7 @@ def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str
                 index, key = index + 1, name_key
                 if index >= stop:
                     return
-                sample = {"__key__": key, "__url__": url}
+                sample = {"__key__": key}
             if index >= start and ext in wanted:
                 sample[ext] = tar.extractfile(info).read()
             tar.members = []  # stream mode: keep memory flat
@@ -245,71 +305,73 @@ def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str
         raise BioscanError(f"shard {url} ends after sample {index + 1}; expected at least {stop} samples")
 
 
-def decode_samples(samples, task: "_Task", epoch: int, errors: ErrorPolicy):
-    """Decode each sample; a bad one is raised or skipped per the policy."""
-    for sample in samples:
-        try:
-            yield task.decode(sample, epoch)
-        except BioscanError as exc:
-            errors.handle(exc, 1)
-
-
-def refill(samples, expected: int, errors: ErrorPolicy, reservoir_size: int = 256):
-    """Keep the planned sample count when bad samples were skipped.
-
-    Repeats recent good samples in place of skipped ones, so every rank still
-    yields ``len(loader)`` batches and DDP does not wait on a short rank.
-    """
-    recent, n = [], 0
-    for sample in samples:
-        n += 1
-        if len(recent) < reservoir_size:
-            recent.append(sample)
-        else:
-            recent[n % reservoir_size] = sample
-        yield sample
-    if n < expected:
-        if not recent:
-            raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
-        for i in range(expected - n):
-            yield recent[i % len(recent)]
-
-
-def read_blocks(segments, urls: list[str], ext: str, errors: ErrorPolicy):
-    """Columnar read: per segment, a block ``{"__key__": keys, ext: payloads}`` of Arrow arrays.
-
-    Local shards go through the compiled header walk (no Python object per sample);
-    remote ones, and shards with headers it does not read, through the Python reader.
-    Under the skip policy a fault loses only the samples it made unreadable.
-    """
-    for seg in segments:
-        url = urls[seg.shard]
-        found = tarscan.read_column(url, seg.start, seg.stop, ext) if tarscan.is_local(url) else None
-        block, missing, error = found if found is not None else _python_block(url, seg.start, seg.stop, ext)
-        for key in missing:
-            errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
-        if error is not None:
-            errors.handle(error, seg.stop - seg.start - len(block["__key__"]) - len(missing))
+def parse_records(blocks, task: "_Task", urls: list[str], errors: ErrorPolicy):
+    """Replace each block's ``.json`` column by the columns the task needs (labels, text)."""
+    for block in blocks:
+        if "json" not in block:
+            yield block
+            continue
+        table, bad = _parse_json(block["json"], task.record_fields)
+        if bad:
+            keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
+            for i, message in bad:
+                errors.handle(BioscanError(f"bad JSON in {urls[shards[i]]}: {keys[i]}.json: {message}"), 1)
+            keep = np.ones(len(keys), bool)
+            keep[[i for i, _ in bad]] = False
+            mask = pa.array(keep)
+            block, table = {k: v.filter(mask) for k, v in block.items()}, table.filter(mask)
+        del block["json"]
+        block.update(task.record_columns(table))
         if len(block["__key__"]):
             yield block
 
 
-def _python_block(url: str, start: int, stop: int, ext: str):
-    keys, values, missing, error = [], [], [], None
+def _parse_json(column: pa.Array, fields: tuple[str, ...]) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The string ``fields`` of one JSON record per row; ``(row, message)`` for each bad record.
+
+    One Arrow JSON parse per block; when it fails, the records are parsed one by one
+    to find the bad ones (their fields are then null).
+    """
+    schema = pa.schema([(f, pa.string()) for f in fields])
+    joined = pc.binary_join_element_wise(column, _NEWLINE, _NOTHING)  # newline-delimited JSON, one buffer
     try:
-        for sample in _read_segment(url, start, stop, frozenset([ext])):
-            if ext in sample:
-                keys.append(sample["__key__"])
-                values.append(sample[ext])
-            else:
-                missing.append(sample["__key__"])
-    except BioscanError as exc:
-        error = exc
-    return {"__key__": pa.array(keys, pa.large_string()), ext: pa.array(values, pa.large_binary())}, missing, error
+        table = pa_json.read_json(
+            pa.BufferReader(joined.buffers()[2] or pa.py_buffer(b"")),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, joined.nbytes + 1)),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
+                                               newlines_in_values=False))
+        if table.num_rows == len(column):
+            return table.combine_chunks(), []
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    values, bad = {f: [] for f in fields}, []
+    for i, data in enumerate(column.to_pylist()):
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            row = [record.get(f) for f in fields]
+            wrong = [f for f, v in zip(fields, row) if v is not None and not isinstance(v, str)]
+            if wrong:
+                raise ValueError(f"{wrong[0]!r} is not a string or null")
+        except ValueError as exc:
+            bad.append((i, str(exc)))
+            row = [None] * len(fields)
+        for f, v in zip(fields, row):
+            values[f].append(v)
+    return pa.table({f: pa.array(v, pa.string()) for f, v in values.items()}), bad
+
+
+_NEWLINE = pa.scalar(b"\n", pa.large_binary())
+_NOTHING = pa.scalar(b"", pa.large_binary())
 
 
 def refill_blocks(blocks, expected: int):
-    """Block-level :func:`refill`: repeat rows of the last good block in place of skipped ones."""
+    """Keep the planned sample count when bad samples were skipped.
+
+    Repeats rows of the last good block in place of skipped ones, so every rank
+    still yields ``len(loader)`` batches and DDP does not wait on a short rank.
+    """
     n, last = 0, None
     for block in blocks:
         n += len(block["__key__"])
@@ -326,20 +388,26 @@ def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
     """Batches of ``batch_size`` rows cut from the blocks, shuffled by index within a block.
 
     A block is permuted once (one Arrow ``take``), then cut into zero-copy slices;
-    rows left over from one block join the next, so only the last batch is partial.
+    rows left over from one block are completed from the head of the next (only
+    those rows are copied), so only the last batch is partial.
     """
     leftover = None
     for block in blocks:
-        if leftover is not None:
-            block = {k: pa.concat_arrays([leftover[k], v]) for k, v in block.items()}
         n = len(block["__key__"])
         if rng is not None:
             order = pa.array(rng.permutation(n))
             block = {k: v.take(order) for k, v in block.items()}
-        full = n - n % batch_size
-        for i in range(0, full, batch_size):
+        at = 0
+        if leftover is not None:
+            at = min(batch_size - len(leftover["__key__"]), n)
+            leftover = {k: pa.concat_arrays([leftover[k], v.slice(0, at)]) for k, v in block.items()}
+            if len(leftover["__key__"]) < batch_size:
+                continue
+            yield leftover
+        full = at + (n - at) // batch_size * batch_size
+        for i in range(at, full, batch_size):
             yield {k: v.slice(i, batch_size) for k, v in block.items()}
-        leftover = {k: v.slice(full) for k, v in block.items()}
+        leftover = {k: v.slice(full) for k, v in block.items()} if full < n else None
     if leftover is not None and len(leftover["__key__"]):
         yield leftover
 
@@ -352,7 +420,7 @@ def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:
 
 @dataclass
 class _Task:
-    """What a task reads from each sample and how it decodes and collates it."""
+    """What a task reads from each sample and how it makes a batch of a block of rows."""
 
     name: str
     modalities: tuple[str, ...]
@@ -370,11 +438,11 @@ class _Task:
     image_dtype: str = "uint8"
     hflip: bool = True
     vflip: bool = False
-    _lookup: dict = field(default_factory=dict)
+    _values: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.labels is not None:
-            self._lookup = {r: {v: i for i, v in enumerate(vals)} for r, vals in self.labels.items()}
+            self._values = {r: pa.array(vals, pa.string()) for r, vals in self.labels.items()}
 
     @functools.cached_property
     def members(self) -> frozenset[str]:
@@ -388,105 +456,114 @@ class _Task:
         return frozenset(wanted)
 
     @property
+    def record_fields(self) -> tuple[str, ...]:
+        """The fields of the ``.json`` record the batches need."""
+        return {"classify": (self.label_rank,), "clip": TEXT_RANKS, "embed": RANKS}.get(self.name, ())
+
+    def record_columns(self, table: pa.Table) -> dict:
+        """Label indices (per labels.json; -1 for a missing or unknown name) or CLIP text, as columns."""
+        if self.name == "classify":
+            return {"label": self._label_index(table, self.label_rank)}
+        if self.name == "embed":
+            return {f"{rank}_index": self._label_index(table, rank) for rank in RANKS}
+        if self.name == "clip":
+            parts = [pc.if_else(pc.fill_null(pc.equal(table[r], ""), True), MISSING_RANK_TEXT, table[r])
+                     for r in TEXT_RANKS]
+            return {"text": pc.binary_join_element_wise(*parts, " ").combine_chunks()}
+        return {}
+
+    def _label_index(self, table: pa.Table, rank: str) -> pa.Array:
+        found = pc.index_in(table[rank], value_set=self._values[rank])
+        return pc.fill_null(found, -1).cast(pa.int64()).combine_chunks()
+
+    @property
     def np_dtype(self):
         return np.int64 if self.token_dtype == torch.int64 else np.int32
 
-    def decode(self, sample: dict, epoch: int) -> dict:
-        key = sample["__key__"]
-        where = f"{sample['__url__']}: {key}"
-        for ext in self.members:
-            if ext not in sample:
-                raise BioscanError(f"shard {sample['__url__']}: sample {key} has no .{ext} member")
-        out = {"processid": key}
-        if "dna" in sample:
-            out["dna"] = sample["dna"]
-        if "json" in sample:
-            try:
-                out["record"] = json.loads(sample["json"])
-            except ValueError as exc:
-                raise BioscanError(f"bad JSON in {where}.json: {exc}") from None
-        if "jpg" in sample:
-            # Prepared, not yet decoded: the pixels are made inside im.stack, straight into the batch.
-            if self.train:
-                out["image"] = im.decode_train(sample["jpg"], self.image_size, _sample_rng(self.seed, epoch, key),
-                                               hflip=self.hflip, vflip=self.vflip, where=f"{where}.jpg")
-            else:
-                out["image"] = im.decode_eval(sample["jpg"], self.image_size, self.resize, where=f"{where}.jpg")
-        return out
-
-    def label_index(self, record: dict, rank: str) -> int:
-        value = record.get(rank)
-        return -1 if value is None else self._lookup[rank].get(value, -1)
-
-    def collate_block(self, block: dict, epoch: int) -> dict:
-        """An MLM batch from a block of Arrow columns: one tokenizer call, no per-sample work."""
-        keys = block["__key__"]
-        # One storage for the three tensors: a worker hands the batch over in one
-        # shared-memory segment instead of three.
-        out = np.empty((3, len(keys), self.tokenizer.n_tokens), dtype=self.np_dtype)
-        self.tokenizer.encode_mlm(
-            block["dna"], keys, seed=self.seed, epoch=epoch,
-            mask_prob=self.mask_prob, label_mode=self.label_mode,
-            random_offset=self.random_offset, out=(out[0], out[1], out[2]),
-        )
-        ids, att, labels = torch.from_numpy(out)
-        return {"processid": keys.to_pylist(), "input_ids": ids, "attention_mask": att, "labels": labels}
-
-    def collate(self, samples: list[dict], epoch: int, errors: ErrorPolicy) -> dict:
-        """A batch of the per-sample tasks (classify, clip, embed).
-
-        Images are decoded while they are stacked, so damage only the decoder sees
-        surfaces here; under the skip policy the bad ones are found, counted, and
-        good samples of the batch stand in for them.
-        """
-        if "image" in self.modalities and errors.mode == "skip":
-            try:
-                return self._collate(samples, epoch)
-            except BioscanError:
-                samples = _without_bad_images(samples, errors)
-        return self._collate(samples, epoch)
-
-    def _collate(self, samples: list[dict], epoch: int) -> dict:
-        pids = [s["processid"] for s in samples]
-        batch: dict = {"processid": pids}
-        if "dna" in self.modalities:
-            ids, att = self.tokenizer.encode([s["dna"] for s in samples], return_tensors="pt", dtype=self.np_dtype)
-            batch["input_ids"], batch["attention_mask"] = ids, att
+    def collate(self, block: dict, epoch: int, urls: list[str], errors: ErrorPolicy) -> dict:
+        """A batch from a block of rows: one tokenizer call, images decoded straight into the batch."""
+        keys = block["__key__"].to_pylist()
+        batch: dict = {"processid": keys}
         if "image" in self.modalities:
-            batch["image"] = im.stack([s["image"] for s in samples], self.image_dtype)
-        records = [s["record"] for s in samples]
-        if self.name == "classify":
-            batch["label"] = torch.tensor([self.label_index(r, self.label_rank) for r in records], dtype=torch.int64)
-        elif self.name == "clip":
-            batch["text"] = [" ".join(r.get(k) or MISSING_RANK_TEXT for k in TEXT_RANKS) for r in records]
-        elif self.name == "embed":
-            for rank in RANKS:
-                batch[f"{rank}_index"] = torch.tensor([self.label_index(r, rank) for r in records], dtype=torch.int64)
+            batch["image"], index = self._images(block, keys, epoch, urls, errors)
+            if index is not None:  # bad images skipped: good samples of the batch stand in
+                block = {k: v.take(pa.array(index)) for k, v in block.items()}
+                batch["processid"] = block["__key__"].to_pylist()
+        if self.name == "mlm":
+            # One storage for the three tensors: a worker hands the batch over in one
+            # shared-memory segment instead of three.
+            out = np.empty((3, len(keys), self.tokenizer.n_tokens), dtype=self.np_dtype)
+            self.tokenizer.encode_mlm(
+                block["dna"], block["__key__"], seed=self.seed, epoch=epoch,
+                mask_prob=self.mask_prob, label_mode=self.label_mode,
+                random_offset=self.random_offset, out=(out[0], out[1], out[2]),
+            )
+            batch["input_ids"], batch["attention_mask"], batch["labels"] = torch.from_numpy(out)
+        elif "dna" in self.modalities:
+            batch["input_ids"], batch["attention_mask"] = self.tokenizer.encode(
+                block["dna"], return_tensors="pt", dtype=self.np_dtype)
+        names = [name for name in ("label", *(f"{rank}_index" for rank in RANKS)) if name in block]
+        if names:  # one storage for all label columns (one shared-memory segment from a worker)
+            labels = torch.from_numpy(np.stack([block[name].to_numpy() for name in names]))
+            batch.update(zip(names, labels))
+        if "text" in block:
+            batch["text"] = block["text"].to_pylist()
         return batch
 
+    def _images(self, block: dict, keys: list[str], epoch: int, urls: list[str], errors: ErrorPolicy):
+        """The batch's image tensor, and the row order when bad images were skipped (else None).
 
-def _without_bad_images(samples: list[dict], errors: ErrorPolicy) -> list[dict]:
-    bad = []
-    for i, sample in enumerate(samples):
-        try:
-            sample["image"].load()
-        except BioscanError as exc:
-            errors.handle(exc, 1)
-            bad.append(i)
-    good = [s for i, s in enumerate(samples) if i not in bad]
-    if not good:
-        raise BioscanError(f"every image of a batch of {len(samples)} was bad")
-    return good + [good[j % len(good)] for j in range(len(bad))]
+        Each image's crop and flips are drawn from its own generator, then the
+        pixels are made inside ``im.stack``. Damage the header shows raises here;
+        damage only the decoder sees raises while stacking, and under the skip
+        policy each image is then decoded alone to find the bad ones.
+        """
+        shards = block["__shard__"].to_numpy()
+        prepared, bad = [], []
+        for i, data in enumerate(block["jpg"].to_pylist()):
+            where = f"{urls[shards[i]]}: {keys[i]}.jpg"
+            try:
+                if self.train:
+                    rng = _sample_rng(self.seed, epoch, keys[i])
+                    prepared.append(im.decode_train(data, self.image_size, rng, hflip=self.hflip,
+                                                    vflip=self.vflip, where=where))
+                else:
+                    prepared.append(im.decode_eval(data, self.image_size, self.resize, where=where))
+            except BioscanError as exc:
+                errors.handle(exc, 1)
+                bad.append(i)
+                prepared.append(None)
+        if not bad:
+            try:
+                return im.stack(prepared, self.image_dtype), None
+            except BioscanError:
+                if errors.mode == "raise":
+                    raise
+            for i, image in enumerate(prepared):
+                try:
+                    image.load()
+                except BioscanError as exc:
+                    errors.handle(exc, 1)
+                    bad.append(i)
+        good = [i for i in range(len(prepared)) if i not in set(bad)]
+        if not good:
+            raise BioscanError(f"every image of a batch of {len(prepared)} was bad")
+        index = good + [good[j % len(good)] for j in range(len(bad))]
+        return im.stack([prepared[i] for i in index], self.image_dtype), index
 
 
 class EpochStream(IterableDataset):
     """One rank's batches for the current epoch; each DataLoader worker runs its share."""
 
     def __init__(self, shards: ShardSet, task: _Task, *, batch_size: int, drop_last: bool, pad: bool,
-                 shuffle: bool, shuffle_buffer: int, rank: int, world_size: int, epoch, on_error: str = "raise"):
+                 shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int, epoch,
+                 on_error: str = "raise"):
         self.shards, self.task = shards, task
         self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
-        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
+        self.shuffle = shuffle
+        # Rows read and shuffled together: whole segments when they are small (barcodes,
+        # records), a bounded block when they hold images.
+        self.block_rows = shuffle_buffer or (DEFAULT_IMAGE_BLOCK if "image" in task.modalities else None)
         self.rank, self.world_size = rank, world_size
         self._epoch = epoch  # shared with the workers, so set_epoch reaches persistent ones
         self.on_error = on_error
@@ -506,35 +583,21 @@ class EpochStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = int(self._epoch.value)
-        task = self.task
+        task, urls = self.task, self.shards.urls
         segments = self.plan(epoch, worker, num_workers)
         expected = sum(seg.stop - seg.start for seg in segments)
         errors = ErrorPolicy(self.on_error)
-        if task.name == "mlm":
-            # Batch-level stages: columns in, one tokenizer call per batch out.
-            rng = np.random.default_rng([task.seed, epoch, self.rank, worker]) if self.shuffle else None
-            stages = [
-                lambda: iter(segments),
-                lambda segs: read_blocks(segs, self.shards.urls, "dna", errors),
-                lambda blocks: refill_blocks(blocks, expected),
-                lambda blocks: block_batches(blocks, self.batch_size, rng),
-                lambda batches: (task.collate_block(block, epoch) for block in batches),
-            ]
-        else:
-            stages = [
-                lambda: iter(segments),
-                lambda segs: read_segments(segs, self.shards.urls, task.members, errors),
-            ]
-            if self.shuffle:
-                rng = random.Random(f"{task.seed}|{epoch}|{self.rank}|{worker}")
-                stages.append(wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng))
-            stages += [
-                lambda samples: decode_samples(samples, task, epoch, errors),
-                lambda samples: refill(samples, expected, errors),
-                wds.batched(self.batch_size, collation_fn=lambda samples: task.collate(samples, epoch, errors),
-                            partial=True),
-            ]
-        stages.append(lambda batches: _report(batches, errors))
+        rng = np.random.default_rng([task.seed, epoch, self.rank, worker]) if self.shuffle else None
+        # Batch-level stages: columns in, one batch out per slice of rows.
+        stages = [
+            lambda: iter(segments),
+            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows),
+            lambda blocks: parse_records(blocks, task, urls, errors),
+            lambda blocks: refill_blocks(blocks, expected),
+            lambda blocks: block_batches(blocks, self.batch_size, rng),
+            lambda batches: (task.collate(block, epoch, urls, errors) for block in batches),
+            lambda batches: _report(batches, errors),
+        ]
         return iter(wds.DataPipeline(*stages))
 
 
@@ -593,7 +656,7 @@ def make_loader(
     epoch: int = 0,
     train: bool | None = None,
     shuffle: bool | None = None,
-    shuffle_buffer: int = 1000,
+    shuffle_buffer: int | None = None,
     drop_last: bool = False,
     pad: bool | None = None,
     rank: int | None = None,
@@ -638,8 +701,12 @@ def make_loader(
         Random augmentation and shuffling (default: True except for ``embed``).
     shuffle : bool, optional
         Shuffle shard order and samples (default: ``train``).
-    shuffle_buffer : int
-        Samples held by each worker's shuffle buffer.
+    shuffle_buffer : int, optional
+        Samples shuffled together in each worker: shards (pre-shuffled when
+        written) are read in blocks of this many samples, and each block is
+        permuted. Default: whole shard segments for tasks without images (a
+        shard's barcodes and records are small); 1,000 samples with images (at
+        most that many JPEGs held per worker).
     drop_last : bool
         Drop each rank's last partial batch.
     pad : bool, optional
@@ -677,6 +744,8 @@ def make_loader(
         raise BioscanError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
     if batch_size < 1:
         raise BioscanError(f"batch_size must be at least 1, got {batch_size}")
+    if shuffle_buffer is not None and shuffle_buffer < 1:
+        raise BioscanError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
     if on_error not in ("raise", "skip"):
         raise BioscanError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     modalities = _modalities(task, modality)

@@ -48,50 +48,113 @@ def _column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_) -> pa.
     return pa.Array.from_buffers(type_, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)])
 
 
-def read_members(path: str, start: int, stop: int, exts) -> tuple | None:
-    """Keys and the payloads of several members of samples ``start <= i < stop``.
+class ShardScan:
+    """One header walk over a memory-mapped shard; payloads gathered block by block.
 
-    One memory map, one header walk per extension (the header pages stay hot).
+    Made by :func:`scan`. The walk records byte positions only (32 bytes a sample
+    and member), so a segment of a 1 GiB shard of images is read a block at a time
+    (:meth:`gather`), never whole. Use as a context manager: it holds the map.
+
+    Attributes
+    ----------
+    n : int
+        Samples recorded (``stop - start`` unless the shard is short or faulty).
+    error : BioscanError or None
+        The fault that stopped the walk, naming shard and byte offset, or a shard
+        shorter than asked; the ``n`` samples before it are good.
+    """
+
+    def __init__(self, path: str, mm: mmap.mmap | None, rows: dict, n: int, error: BioscanError | None):
+        self.path, self._mm, self._rows = path, mm, rows
+        self.n, self.error = n, error
+        self._buf = np.frombuffer(mm, dtype=np.uint8) if mm is not None else None
+
+    def gather(self, lo: int = 0, hi: int | None = None) -> tuple:
+        """``(keys, values, present)`` of recorded samples ``lo <= i < hi``.
+
+        ``keys``: large_string array; ``values[ext]``: large_binary array aligned
+        with ``keys`` (empty where absent); ``present[ext]``: bool array.
+        """
+        hi = self.n if hi is None else hi
+        if self._buf is None or hi <= lo:
+            empty = {ext: pa.array([], pa.large_binary()) for ext in self._rows}
+            return pa.array([], pa.large_string()), empty, {e: np.zeros(0, bool) for e in self._rows}
+        values, present, rows = {}, {}, None
+        for ext, all_rows in self._rows.items():
+            rows = all_rows[lo:hi]
+            present[ext] = rows[:, 2] >= 0
+            values[ext] = _column(self._buf, rows[:, 2], rows[:, 3], pa.large_binary())
+        return _column(self._buf, rows[:, 0], rows[:, 1], pa.large_string()), values, present
+
+    def close(self) -> None:
+        self._buf = None  # release the map's buffer before it closes
+        if self._mm is not None:
+            self._mm.close()
+
+    def __enter__(self) -> ShardScan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def scan(path: str, start: int, stop: int, exts) -> ShardScan | None:
+    """Walk the headers of samples ``start <= i < stop`` for the members ``exts``.
+
+    One memory map, one walk per extension (the header pages stay hot). None when
+    the shard uses headers the compiled walk does not read (use the Python path).
+    """
+    with open(path, "rb") as f:  # the map keeps its own handle on the file
+        if os.fstat(f.fileno()).st_size == 0:
+            rows = {ext: np.empty((0, 4), np.int64) for ext in exts}
+            return ShardScan(path, None, rows, 0, BioscanError(f"shard {path} is empty"))
+        mm = mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+    try:
+        found, n, error = _walk(mm, path, start, stop, exts)
+    except BaseException:
+        mm.close()
+        raise
+    if found is None:
+        mm.close()
+        return None
+    return ShardScan(path, mm, {ext: rows[:n] for ext, rows in found.items()}, n, error)
+
+
+def _walk(mm: mmap.mmap, path: str, start: int, stop: int, exts):
+    """``(rows per extension, samples recorded, error)``; None for the rows if unsupported."""
+    want = stop - start
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        found, error, n = {}, None, want
+        for ext in exts:
+            rows = np.empty((want, 4), dtype=np.int64)
+            got, status, offset = _tar.scan(buf, start, stop, np.frombuffer(ext.encode(), dtype=np.uint8), rows)
+            if status == UNSUPPORTED:
+                return None, 0, None
+            if status != 0:
+                error = BioscanError(f"shard {path}: {_tar.STATUS[status]} at byte {offset}{_member_at(buf, offset)}")
+            elif got < want:
+                error = BioscanError(f"shard {path} ends after sample {start + got}; expected at least {stop} samples")
+            found[ext], n = rows, min(n, got)
+        return found, n, error
+    finally:
+        del buf  # release the map's buffer, so that it can close
+
+
+def read_members(path: str, start: int, stop: int, exts) -> tuple | None:
+    """Keys and the payloads of several members of samples ``start <= i < stop``, at once.
 
     Returns
     -------
     (keys, values, present, error) or None
-        ``keys``: large_string array of the samples read; ``values[ext]``:
-        large_binary array aligned with ``keys`` (empty where absent);
-        ``present[ext]``: bool array, False where a sample lacks the member;
-        ``error``: a :class:`BioscanError` naming the shard and byte offset when the
-        shard is corrupt, truncated or shorter than asked (the arrays then hold the
-        samples before the fault), else None. None instead of the tuple when the
-        shard uses headers the compiled walk does not read (use the Python path).
+        As :meth:`ShardScan.gather` plus :attr:`ShardScan.error`; None when the
+        shard needs the Python reader.
     """
-    want = stop - start
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            empty = {ext: pa.array([], pa.large_binary()) for ext in exts}
-            return pa.array([], pa.large_string()), empty, {e: np.zeros(0, bool) for e in exts}, \
-                BioscanError(f"shard {path} is empty")
-        with mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ) as mm:
-            buf = np.frombuffer(mm, dtype=np.uint8)
-            try:
-                values, present, error, rows = {}, {}, None, None
-                for ext in exts:
-                    rows = np.empty((want, 4), dtype=np.int64)
-                    n, status, offset = _tar.scan(buf, start, stop, np.frombuffer(ext.encode(), dtype=np.uint8), rows)
-                    if status == UNSUPPORTED:
-                        return None
-                    if status != 0:
-                        error = BioscanError(
-                            f"shard {path}: {_tar.STATUS[status]} at byte {offset}{_member_at(buf, offset)}")
-                    elif n < want:
-                        error = BioscanError(
-                            f"shard {path} ends after sample {start + n}; expected at least {stop} samples")
-                    rows = rows[:n]
-                    present[ext] = rows[:, 2] >= 0
-                    values[ext] = _column(buf, rows[:, 2], rows[:, 3], pa.large_binary())
-                keys = _column(buf, rows[:, 0], rows[:, 1], pa.large_string())
-                return keys, values, present, error
-            finally:
-                del buf  # release the map before it closes
+    found = scan(path, start, stop, exts)
+    if found is None:
+        return None
+    with found:
+        return (*found.gather(), found.error)
 
 
 def read_column(path: str, start: int, stop: int, ext: str) -> tuple[dict, list[str], BioscanError | None] | None:

@@ -91,6 +91,8 @@ def check_skip(split: Path, task: str, lost: int | None = None, shard_keys=(), *
 CASES = {
     "corrupt JPEG": ("jpg", lambda data: data[:200] + b"\x00garbage" * 50),
     "bad JSON": ("json", lambda data: b'{"processid": "x", broken'),
+    "rank that is not a string": ("json", lambda data: json.dumps({**json.loads(data), "species": 5}).encode()),
+    "JSON that is not an object": ("json", lambda data: b"[1, 2]"),
 }
 
 

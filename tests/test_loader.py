@@ -161,6 +161,26 @@ def test_same_seed_and_epoch_same_samples_and_masks_whatever_num_workers(shards)
     assert any(not np.array_equal(first[1][p], second[1][p]) for p in first[0])
 
 
+def test_shuffle_buffer_is_the_block_read_and_permuted_together(shards):
+    """Image tasks read shards in bounded blocks; each block is permuted as a whole."""
+    def pids(**kw):
+        loader = make_loader(shards / "val", "classify", modality="image", batch_size=8, **kw)
+        return [p for batch in loader for p in batch["processid"]]
+
+    in_file_order = pids(shuffle=False)  # 'val' is one shard
+    n = read_manifest(shards / "val")["num_samples"]
+    assert len(in_file_order) == n == len(set(in_file_order))
+    shuffled = pids(shuffle=True, shuffle_buffer=5, seed=1)
+    assert shuffled != in_file_order
+    for i in range(0, n, 5):
+        assert sorted(shuffled[i:i + 5]) == sorted(in_file_order[i:i + 5])
+    whole = pids(shuffle=True, shuffle_buffer=n, seed=1)
+    assert sorted(whole) == sorted(in_file_order)
+    assert any(sorted(whole[i:i + 5]) != sorted(in_file_order[i:i + 5]) for i in range(0, n, 5))
+    with pytest.raises(BioscanError, match="shuffle_buffer"):
+        make_loader(shards / "val", "mlm", shuffle_buffer=0)
+
+
 def test_bad_arguments(shards, tmp_path):
     with pytest.raises(BioscanError, match="unknown task"):
         make_loader(shards / "all", "segment")

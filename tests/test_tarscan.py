@@ -58,7 +58,7 @@ def test_pax_headers_fall_back_to_the_python_reader(tmp_path):
     path = tmp_path / "pax.tar"
     _pax_shard(path, 5)
     assert read_column(str(path), 0, 5, "dna") is None
-    (block,) = read_blocks([Segment(0, 1, 4)], [str(path)], "dna", ErrorPolicy("raise"))
+    (block,) = read_blocks([Segment(0, 1, 4)], [str(path)], ("dna",), ErrorPolicy("raise"))
     want = stock(path)[1:4]
     assert block["__key__"].to_pylist() == [s["__key__"] for s in want]
     assert block["dna"].to_pylist() == [s["dna"] for s in want]
@@ -100,4 +100,20 @@ def test_sample_without_the_member(tmp_path):
     block, missing, _ = read_column(str(path), 0, 3, "dna")
     assert missing == ["b"] and block["__key__"].to_pylist() == ["a", "c"]
     with pytest.raises(BioscanError, match="sample b has no .dna member"):
-        list(read_blocks([Segment(0, 0, 3)], [str(path)], "dna", ErrorPolicy("raise")))
+        list(read_blocks([Segment(0, 0, 3)], [str(path)], ("dna",), ErrorPolicy("raise")))
+
+
+@pytest.mark.parametrize("pax", [False, True])
+def test_blocks_are_bounded_and_complete(shard, tmp_path, pax):
+    """A segment is read in blocks of at most ``max_rows`` samples, together exactly the segment."""
+    if pax:
+        path = tmp_path / "pax.tar"
+        _pax_shard(path, 23)
+    else:
+        path = shard
+    want = stock(path)[2:21]
+    blocks = list(read_blocks([Segment(0, 2, 21)], [str(path)], ("dna", "json"), ErrorPolicy("raise"), max_rows=4))
+    assert [len(b["__key__"]) for b in blocks] == [4, 4, 4, 4, 3]
+    assert [k for b in blocks for k in b["__key__"].to_pylist()] == [s["__key__"] for s in want]
+    assert [d for b in blocks for d in b["json"].to_pylist()] == [s["json"] for s in want]
+    assert all(b["__shard__"].to_pylist() == [0] * len(b["__key__"]) for b in blocks)
