@@ -2,11 +2,12 @@
 
     pytest benchmarks/test_bench_memory.py -s
 
-Each task runs in a fresh process with ``num_workers=1`` (batch 256, shuffle
-buffer 1,000, prefetch 2) over one epoch of generated shards; the worker's peak
-resident set is read from ``getrusage(RUSAGE_CHILDREN)`` once it has exited.
-Memory is bounded by configuration: the shuffle buffer (samples), the MLM block
-(one shard segment of barcodes), the batch and the prefetch depth.
+Each task runs in a fresh process with ``num_workers=1`` (batch 256, the default
+shuffle buffer: whole shard segments without images, 1,000 samples with images;
+prefetch 2) over one epoch of generated shards; the worker's peak resident set is
+read from ``getrusage(RUSAGE_CHILDREN)`` once it has exited. Memory is bounded by
+configuration: the block read and shuffled together (``shuffle_buffer``), the
+batch and the prefetch depth.
 """
 
 from __future__ import annotations
