@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import distributed as dist_plan
 from . import images as im
 from . import tarscan
-from .schema import MAX_NUCLEOTIDES, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
+from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .tokenizer import KmerTokenizer
 
 TASKS = ("mlm", "classify", "clip", "embed")
@@ -474,7 +474,7 @@ class _Task:
 
     def _label_index(self, table: pa.Table, rank: str) -> pa.Array:
         found = pc.index_in(table[rank], value_set=self._values[rank])
-        return pc.fill_null(found, -1).cast(pa.int64()).combine_chunks()
+        return pc.fill_null(found, MISSING_LABEL).cast(pa.int64()).combine_chunks()
 
     @property
     def np_dtype(self):

@@ -27,6 +27,7 @@ from .schema import (
     COLUMN_KINDS,
     COLUMNS,
     NA_VALUES,
+    MISSING_LABEL,
     RANKS,
     SPLITS,
     BioscanError,
@@ -267,4 +268,4 @@ def label_indices(values: list[str], column) -> np.ndarray:
     if not isinstance(column, (pa.Array, pa.ChunkedArray)):
         column = pa.array(column, type=pa.string())
     idx = pc.index_in(column, value_set=pa.array(values, type=pa.string()))
-    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pc.fill_null(idx, MISSING_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -83,6 +83,9 @@ TAXONOMIC_RANKS = RANKS[:-1]
 #: Ranks used in the CLIP taxonomy text, and the word standing for a missing one.
 TEXT_RANKS = ("order", "family", "genus", "species")
 MISSING_RANK_TEXT = "not_classified"
+#: The label index of a record with no value at a rank (the official loader's
+#: pandas category code for a missing value).
+MISSING_LABEL = -1
 
 #: The eight partitions, with their sizes in the full release.
 SPLIT_SIZES = {
