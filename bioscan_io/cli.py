@@ -7,6 +7,7 @@ stderr naming the file, record or shard at fault.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
@@ -27,6 +28,20 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[(m.group(2) or "").lower()])
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """``["key=value", ...]`` -> dict; values parsed as JSON when they can be (``anon=true``)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BioscanError(f"--storage-option needs KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def _shard_parser(prog: str) -> argparse.ArgumentParser:
     from .shard import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
 
@@ -38,8 +53,17 @@ def _shard_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--split", default="pretrain",
                    help="split, a+b union, seen, unseen, all or validation (default: pretrain)")
     p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default: {DEFAULT_PACKAGE})")
-    p.add_argument("--out", default="shards", help="output folder; shards go to OUT/SPLIT/ (default: shards)")
+    p.add_argument("--out", default="shards",
+                   help="output folder, or an fsspec URL such as s3://bucket/shards; shards go to OUT/SPLIT/ "
+                        "(default: shards)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of a remote --out's filesystem, e.g. endpoint_url=http://127.0.0.1:9000 "
+                        "(repeatable; values parsed as JSON when they can be)")
     p.add_argument("--metadata", help="metadata CSV or JSON-LD to use instead of the root's")
+    p.add_argument("--images", nargs="+", metavar="ARCHIVE",
+                   help="the package's zip archive(s), read without extracting (e.g. every "
+                        "BIOSCAN_5M_original_full.0*.zip part), or its image folder (default: "
+                        "ROOT/bioscan5m/images/PACKAGE, else the package's BIOSCAN_5M_*.zip archives in ROOT)")
     p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT, help=f"most samples per shard (default: {DEFAULT_MAXCOUNT})")
     p.add_argument("--maxsize", type=parse_size, default=DEFAULT_MAXSIZE,
                    help="most bytes per shard, e.g. 500MB or 1GiB (default: 1GiB)")
@@ -73,6 +97,7 @@ def _do_shard(args) -> None:
         package=args.package,
         out=args.out,
         metadata=args.metadata,
+        images=args.images,
         maxcount=args.maxcount,
         maxsize=args.maxsize,
         seed=args.seed,
@@ -81,6 +106,7 @@ def _do_shard(args) -> None:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         log=lambda msg: print(msg, file=sys.stderr),
+        storage_options=parse_options(args.storage_option),
     )
     print(summary.line())
 
@@ -132,12 +158,52 @@ def verify_main(argv=None) -> int:
     return 0 if report.ok else 1
 
 
+def _peek_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bioscan-io peek",
+        description="Render the first samples of a shard as a contact-sheet PNG (image, processid, "
+                    "order/family/genus/species, barcode length) and print a summary of its split "
+                    "(records with a value and distinct values per rank, barcode length distribution).",
+    )
+    p.add_argument("path", metavar="SHARD_OR_SPLIT",
+                   help="a shard (.tar), or a split folder holding manifest.json (the sheet shows its first shard)")
+    p.add_argument("-n", type=int, default=16, help="samples on the sheet (default: 16)")
+    p.add_argument("--columns", type=int, default=4, help="tiles per row (default: 4)")
+    p.add_argument("--thumb", type=int, default=192, help="thumbnail box side in pixels (default: 192)")
+    p.add_argument("--out", default="peek.png", help="contact sheet PNG to write (default: peek.png)")
+    p.add_argument("--palette", action="store_true", help="write a 256-colour PNG (about a quarter of the size)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--no-sheet", action="store_true", help="only print the split summary")
+    only.add_argument("--no-summary", action="store_true", help="only write the contact sheet")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _do_peek(args) -> None:
+    from .peek import contact_sheet, split_summary, summary_folder
+
+    if not args.no_sheet:
+        sheet = contact_sheet(args.path, n=args.n, columns=args.columns, thumb=args.thumb, out=args.out,
+                              palette=args.palette)
+        print(sheet.line())
+    if args.no_summary:
+        return
+    if summary_folder(args.path) is None:
+        if args.no_sheet:
+            split_summary(args.path)  # raises: no manifest beside the shard
+        print(f"bioscan-io peek: no manifest.json beside {args.path}, so no split summary", file=sys.stderr)
+        return
+    summary = split_summary(args.path, progress=not args.no_progress)
+    print(("\n" if not args.no_sheet else "") + "\n".join(summary.lines()))
+
+
 def main(argv=None) -> int:
-    """``bioscan-io <command>``: ``shard`` (as bioscan-shard), ``generate`` or ``verify``."""
+    """``bioscan-io <command>``: ``shard`` (as bioscan-shard), ``generate``, ``verify`` or ``peek``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"shard": "pack a split into shards (same as bioscan-shard)",
                 "generate": "write a synthetic dataset in the official layout",
-                "verify": "check a split folder of shards against its manifest and the metadata"}
+                "verify": "check a split folder of shards against its manifest and the metadata",
+                "peek": "contact-sheet PNG of a shard's first samples, and a summary of its split"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: bioscan-io {" + ",".join(commands) + "} ...\n", file=sys.stderr)
         for name, text in commands.items():
@@ -149,6 +215,8 @@ def main(argv=None) -> int:
         return _run("bioscan-io shard", _do_shard, args)
     if command == "verify":
         return verify_main(rest)
+    if command == "peek":
+        return _run("bioscan-io peek", _do_peek, _peek_parser().parse_args(rest))
     from .synth import generate_main
 
     return generate_main(rest)

@@ -42,14 +42,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed as dist_plan
 from . import images as im
-from . import tarscan
+from . import storage, tarscan
 from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .tokenizer import KmerTokenizer
 
@@ -77,39 +76,21 @@ class ShardSet:
         return int(sum(self.counts))
 
 
-def _read_text(url: str) -> str | None:
-    """A small file by path or any URL webdataset opens; None if it is not there."""
-    if "://" not in url and not url.startswith("pipe:"):
-        path = Path(url)
-        return path.read_text() if path.is_file() else None
-    try:
-        with wds.gopen(url) as f:
-            data = f.read()
-    except Exception:
-        return None
-    return data.decode() if isinstance(data, bytes) else data
-
-
-def _dirname(url: str) -> str:
-    return posixpath.dirname(url) if "://" in url else str(Path(url).parent)
-
-
-def _join(base: str, name: str) -> str:
-    return posixpath.join(base, name) if "://" in base else str(Path(base) / name)
-
-
-def find_shards(urls) -> ShardSet:
+def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
     """Resolve ``urls`` to shard URLs with exact counts.
 
-    ``urls`` may be a split folder, its ``manifest.json``, a brace pattern, a list
-    of URLs, or remote URLs webdataset opens. Counts come from the manifest beside
-    the shards; local shards without one are counted by reading their headers.
+    ``urls`` may be a split folder (local or remote), its ``manifest.json``, a brace
+    pattern, a list of URLs, or remote URLs (``storage``: fsspec URLs, ``pipe:``,
+    ``http(s)://``). Counts come from the manifest beside the shards; local shards
+    without one are counted by reading their headers.
     """
     manifest_url = None
     if isinstance(urls, (str, Path)):
         text = str(urls)
-        if Path(text).is_dir():
-            manifest_url = str(Path(text) / MANIFEST)
+        remote_folder = storage.is_url(text) and not text.startswith("pipe:") and "{" not in text \
+            and not text.endswith((".tar", ".json"))
+        if Path(text).is_dir() or remote_folder:
+            manifest_url = storage.join(text.rstrip("/"), MANIFEST)
             listed = None
         elif text.endswith(".json"):
             manifest_url = text
@@ -121,8 +102,8 @@ def find_shards(urls) -> ShardSet:
         if not listed:
             raise BioscanError("no shard URLs given")
     if manifest_url is None:
-        manifest_url = _join(_dirname(listed[0]), MANIFEST)
-    text = _read_text(manifest_url)
+        manifest_url = storage.join(storage.dirname(listed[0]), MANIFEST)
+    text = storage.read_text(manifest_url, storage_options)
     manifest = None
     if text is not None:
         try:
@@ -132,11 +113,11 @@ def find_shards(urls) -> ShardSet:
     elif listed is None:
         raise BioscanError(f"no shard manifest at {manifest_url}")
 
-    base = _dirname(manifest_url)
+    base = storage.dirname(manifest_url)
     if manifest is not None:
         by_name = {s["name"]: s["count"] for s in manifest["shards"]}
         if listed is None:
-            listed = [_join(base, s["name"]) for s in manifest["shards"]]
+            listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
         names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
         unknown = [n for n in names if n not in by_name]
         if unknown:
@@ -144,13 +125,13 @@ def find_shards(urls) -> ShardSet:
         counts = [by_name[n] for n in names]
     else:
         counts = [_count_local(u) for u in listed]
-    labels_text = _read_text(_join(_dirname(base), LABELS))
+    labels_text = storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options)
     labels = json.loads(labels_text)["ranks"] if labels_text else None
     return ShardSet(listed, counts, labels)
 
 
 def _count_local(url: str) -> int:
-    if "://" in url or url.startswith("pipe:") or not Path(url).is_file():
+    if storage.is_url(url) or not Path(url).is_file():
         raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
     keys = set()
     with tarfile.open(url) as tar:
@@ -189,14 +170,15 @@ class ErrorPolicy:
         return out
 
 
-def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: int | None = None):
+def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: int | None = None,
+                open_url=storage.open_read):
     """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
 
     Each segment is read with one header walk and cut into blocks of at most
     ``max_rows`` samples (None: the whole segment), so a worker never holds more
     than a block of images. Local shards go through the compiled walk (no Python
     object per sample); remote ones, and shards with headers it does not read,
-    through Python's tarfile. A sample without one of the members, or a fault in
+    through Python's tarfile, opened by ``open_url``. A sample without one of the members, or a fault in
     the shard, is raised or skipped per ``errors``; skipping loses only the
     samples the fault made unreadable.
     """
@@ -204,7 +186,7 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: 
     for seg in segments:
         url = urls[seg.shard]
         done = 0  # samples of the segment delivered or reported
-        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, max_rows):
+        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, max_rows, open_url):
             for key, ext in missing:
                 errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
             n = len(block["__key__"])
@@ -216,11 +198,11 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: 
                 yield block
 
 
-def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None):
+def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None, open_url):
     """``(block, missing, error)`` per block of one segment; ``error`` only with the last."""
     found = scan_shard(url, start, stop, exts)
     if found is None:
-        yield from _tarfile_blocks(url, start, stop, exts, max_rows)
+        yield from _tarfile_blocks(url, start, stop, exts, max_rows, open_url)
         return
     with found:
         step = max_rows or max(found.n, 1)
@@ -235,7 +217,8 @@ def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_
 
 def scan_shard(url: str, start: int, stop: int, exts):
     """The compiled walk of a local shard (:func:`tarscan.scan`), or None for the Python reader."""
-    return tarscan.scan(url, start, stop, exts) if tarscan.is_local(url) else None
+    path = storage.local_path(url)
+    return tarscan.scan(path, start, stop, exts) if tarscan.is_local(path) else None
 
 
 def _complete_rows(keys, values: dict, present: dict, checked: int):
@@ -250,7 +233,7 @@ def _complete_rows(keys, values: dict, present: dict, checked: int):
     return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
 
 
-def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None):
+def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None, open_url):
     """:func:`_segment_blocks` through Python's tarfile (remote URLs, pax headers)."""
     samples, error = [], None
 
@@ -261,7 +244,7 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_
         return _complete_rows(keys, values, present, checked)
 
     try:
-        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts)):
+        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts), open_url):
             samples.append(sample)
             if max_rows and len(samples) == max_rows:
                 yield (*block(len(samples)), None)
@@ -272,11 +255,8 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_
         yield (*block(len(samples) - (error is not None)), error)
 
 
-def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str]):
-    try:
-        stream = wds.gopen(url)
-    except Exception as exc:
-        raise BioscanError(f"cannot open shard {url}: {exc}") from None
+def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str], open_url=storage.open_read):
+    stream = open_url(url)  # BioscanError naming the URL
     index, key, sample = -1, None, None
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
@@ -311,7 +291,7 @@ def parse_records(blocks, task: "_Task", urls: list[str], errors: ErrorPolicy):
         if "json" not in block:
             yield block
             continue
-        table, bad = _parse_json(block["json"], task.record_fields)
+        table, bad = tarscan.parse_json(block["json"], task.record_fields)
         if bad:
             keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
             for i, message in bad:
@@ -324,46 +304,6 @@ def parse_records(blocks, task: "_Task", urls: list[str], errors: ErrorPolicy):
         block.update(task.record_columns(table))
         if len(block["__key__"]):
             yield block
-
-
-def _parse_json(column: pa.Array, fields: tuple[str, ...]) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """The string ``fields`` of one JSON record per row; ``(row, message)`` for each bad record.
-
-    One Arrow JSON parse per block; when it fails, the records are parsed one by one
-    to find the bad ones (their fields are then null).
-    """
-    schema = pa.schema([(f, pa.string()) for f in fields])
-    joined = pc.binary_join_element_wise(column, _NEWLINE, _NOTHING)  # newline-delimited JSON, one buffer
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(joined.buffers()[2] or pa.py_buffer(b"")),
-            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, joined.nbytes + 1)),
-            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
-                                               newlines_in_values=False))
-        if table.num_rows == len(column):
-            return table.combine_chunks(), []
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    values, bad = {f: [] for f in fields}, []
-    for i, data in enumerate(column.to_pylist()):
-        try:
-            record = json.loads(data)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            row = [record.get(f) for f in fields]
-            wrong = [f for f, v in zip(fields, row) if v is not None and not isinstance(v, str)]
-            if wrong:
-                raise ValueError(f"{wrong[0]!r} is not a string or null")
-        except ValueError as exc:
-            bad.append((i, str(exc)))
-            row = [None] * len(fields)
-        for f, v in zip(fields, row):
-            values[f].append(v)
-    return pa.table({f: pa.array(v, pa.string()) for f, v in values.items()}), bad
-
-
-_NEWLINE = pa.scalar(b"\n", pa.large_binary())
-_NOTHING = pa.scalar(b"", pa.large_binary())
 
 
 def refill_blocks(blocks, expected: int):
@@ -557,7 +497,7 @@ class EpochStream(IterableDataset):
 
     def __init__(self, shards: ShardSet, task: _Task, *, batch_size: int, drop_last: bool, pad: bool,
                  shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int, epoch,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", storage_options: dict | None = None):
         self.shards, self.task = shards, task
         self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
         self.shuffle = shuffle
@@ -567,6 +507,7 @@ class EpochStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self._epoch = epoch  # shared with the workers, so set_epoch reaches persistent ones
         self.on_error = on_error
+        self.open_url = functools.partial(storage.open_read, storage_options=storage_options)
 
     def __len__(self) -> int:
         return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size,
@@ -591,7 +532,7 @@ class EpochStream(IterableDataset):
         # Batch-level stages: columns in, one batch out per slice of rows.
         stages = [
             lambda: iter(segments),
-            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows),
+            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows, self.open_url),
             lambda blocks: parse_records(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),
             lambda blocks: block_batches(blocks, self.batch_size, rng),
@@ -679,6 +620,7 @@ def make_loader(
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = 2,
     on_error: str = "raise",
+    storage_options: dict | None = None,
 ) -> BioscanLoader:
     """A PyTorch DataLoader over BIOSCAN-5M shards for one task.
 
@@ -686,8 +628,10 @@ def make_loader(
     ----------
     urls : str, path or list of str
         A split folder, its ``manifest.json``, a brace pattern
-        (``shards/train/train-{000000..000028}.tar``), a list of URLs, or remote URLs
-        webdataset opens (``pipe:``, ``http(s)://``...) with a manifest beside them.
+        (``shards/train/train-{000000..000028}.tar``), a list of URLs, or remote ones
+        with a manifest beside them: a remote split folder or shards by fsspec URL
+        (``s3://bucket/shards/train``, ``gs://``...), or what webdataset opens
+        (``pipe:``, ``http(s)://``).
     task : {"mlm", "classify", "clip", "embed"}
         What the batches hold (module docstring).
     batch_size : int
@@ -734,6 +678,10 @@ def make_loader(
         naming the shard and sample (default), or is skipped and counted: the loader's
         ``errors`` and ``skipped`` give them, they are logged at the end of the epoch,
         and recent good samples stand in for them so ``len()`` still holds.
+    storage_options : dict, optional
+        For fsspec URLs: the filesystem's options (e.g. ``{"endpoint_url":
+        "http://127.0.0.1:9000", "key": ..., "secret": ...}`` for an S3-compatible
+        server); environment variables (``AWS_ENDPOINT_URL`` ...) work too.
 
     Returns
     -------
@@ -749,7 +697,7 @@ def make_loader(
     if on_error not in ("raise", "skip"):
         raise BioscanError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     modalities = _modalities(task, modality)
-    shards = find_shards(urls)
+    shards = find_shards(urls, storage_options)
     if task in ("classify", "embed") and shards.labels is None:
         raise BioscanError(f"task {task!r} needs labels.json beside the split folder of {shards.urls[0]}")
     if task == "classify" and label_rank not in RANKS:
@@ -773,7 +721,8 @@ def make_loader(
     shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
     dataset = EpochStream(shards, spec, batch_size=batch_size, drop_last=drop_last, pad=pad,
                           shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
-                          world_size=world_size, epoch=shared_epoch, on_error=on_error)
+                          world_size=world_size, epoch=shared_epoch, on_error=on_error,
+                          storage_options=storage_options)
     kwargs = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers

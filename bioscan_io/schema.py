@@ -129,6 +129,17 @@ METADATA_JSONLD = os.path.join(
 )
 IMAGES_DIR = os.path.join(DATASET_DIR, "images")
 
+#: The published zip archives of an image package, as the download pages name them:
+#: one archive (``BIOSCAN_5M_cropped_256.zip``), numbered parts of the large packages
+#: (``BIOSCAN_5M_original_full.01.zip`` .. ``.05.zip``, ``BIOSCAN_5M_cropped.01.zip``,
+#: ``.02.zip``), or per-partition archives as on Zenodo (``BIOSCAN_5M_cropped_256_train.zip``,
+#: ``_eval.zip``, ``_pretrain.01.zip``, ``_pretrain.02.zip``). ``{package}`` is filled in.
+IMAGE_ARCHIVE_STEM = "BIOSCAN_5M_{package}"
+IMAGE_ARCHIVE_PATTERN = r"BIOSCAN_5M_{package}(?:_(?:pretrain|train|eval))?(?:\.\d+)?\.zip"
+#: Member names in those archives are ``{prefix}{package}/{split}/[{chunk}/]{processid}.jpg``,
+#: with this prefix (the archives extract into the dataset root) or without its ``bioscan5m/``.
+ARCHIVE_IMAGES_PREFIX = f"{DATASET_DIR}/images/"
+
 #: Environment variable naming the dataset root.
 ROOT_ENV = "BIOSCAN5M_ROOT"
 
@@ -162,6 +173,11 @@ def image_relpath(processid: str, split: str, chunk: str | None, package: str = 
         parts.append(chunk)
     parts.append(processid + ".jpg")
     return os.path.join(*parts)
+
+
+def image_subpath(processid: str, split: str, chunk: str | None) -> str:
+    """Path of a record's image under its package folder, ``/``-separated as in the zip archives."""
+    return f"{split}/{chunk}/{processid}.jpg" if chunk else f"{split}/{processid}.jpg"
 
 
 def expand_split(name: str) -> tuple[str, ...]:

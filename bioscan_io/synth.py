@@ -47,16 +47,19 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .schema import (
+    ARCHIVE_IMAGES_PREFIX,
     CHUNK_LENGTH,
     COLUMNS,
     DATASET_DIR,
     DEFAULT_PACKAGE,
+    IMAGE_ARCHIVE_STEM,
     IMAGES_DIR,
     METADATA_CSV,
     METADATA_JSONLD,
@@ -70,6 +73,7 @@ from .schema import (
 __all__ = [
     "GeneratedDataset",
     "generate",
+    "pack_images",
     "demo_root",
     "generate_main",
     "SPLIT_FRACTIONS",
@@ -604,6 +608,65 @@ def generate(
         image_bytes=image_bytes,
         seconds=time.perf_counter() - t0,
     )
+
+
+#: Timestamp of every member of a packed archive, so that packing is reproducible.
+_ZIP_DATE = (2024, 6, 13, 0, 0, 0)
+
+
+def pack_images(root, dest=None, package: str = DEFAULT_PACKAGE, parts: int = 1, prefix: bool = True,
+                compression: int = zipfile.ZIP_STORED) -> list:
+    """Pack a dataset's images into zip archives named and laid out as the published ones.
+
+    Members are ``bioscan5m/images/{package}/{split}/[{chunk}/]{processid}.jpg``
+    (with their folders), in name order. One archive is ``BIOSCAN_5M_{package}.zip``;
+    ``parts > 1`` cuts the members, in order, into ``BIOSCAN_5M_{package}.01.zip``,
+    ``.02.zip``... as the ``original_full`` and ``cropped`` packages are published.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Dataset root holding ``bioscan5m/images/{package}``.
+    dest : str or os.PathLike, optional
+        Folder to write the archives into (default: ``root``).
+    package : str, default "cropped_256"
+        Image package to pack.
+    parts : int, default 1
+        Number of archives.
+    prefix : bool, default True
+        Start member names with ``bioscan5m/`` (as published); else with ``images/``.
+    compression : int, default zipfile.ZIP_STORED
+        Compression method of the members.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The archives written.
+    """
+    parts = _check_int("parts", parts, minimum=1)
+    folder = Path(os.fspath(root)) / IMAGES_DIR / package
+    if not folder.is_dir():
+        raise BioscanError(f"no {package} images to pack: {folder} is not a folder")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    base = (ARCHIVE_IMAGES_PREFIX if prefix else "images/") + package + "/"
+    stem = IMAGE_ARCHIVE_STEM.format(package=package)
+    names = [f"{stem}.zip"] if parts == 1 else [f"{stem}.{i + 1:02d}.zip" for i in range(parts)]
+    dest = Path(os.fspath(dest)) if dest is not None else Path(os.fspath(root))
+    dest.mkdir(parents=True, exist_ok=True)
+    archives = []
+    for name, group in zip(names, np.array_split(np.arange(len(files)), parts)):
+        with zipfile.ZipFile(dest / name, "w") as zf:
+            folders = set()
+            for rel in (files[k] for k in group):
+                parent = base + rel.rpartition("/")[0] + "/"
+                if parent not in folders:  # folder entries, as zip tools write them
+                    folders.add(parent)
+                    zf.writestr(zipfile.ZipInfo(parent, _ZIP_DATE), b"")
+                info = zipfile.ZipInfo(base + rel, _ZIP_DATE)
+                info.compress_type = compression
+                zf.writestr(info, (folder / rel).read_bytes())
+        archives.append(dest / name)
+    return archives
 
 
 def demo_root() -> Path:

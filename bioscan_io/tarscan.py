@@ -10,11 +10,14 @@ reads per sample and no Python object per sample. Shards it cannot walk
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from .schema import BioscanError
 
@@ -182,3 +185,43 @@ def read_column(path: str, start: int, stop: int, ext: str) -> tuple[dict, list[
 def _member_at(buf: np.ndarray, offset: int) -> str:
     name = bytes(buf[offset:offset + 100]).split(b"\0", 1)[0]
     return f" (member {name.decode(errors='replace')!r})" if name else ""
+
+
+def parse_json(column: pa.Array, fields: tuple[str, ...]) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The string ``fields`` of one JSON record per row; ``(row, message)`` for each bad record.
+
+    One Arrow JSON parse per block; when it fails, the records are parsed one by one
+    to find the bad ones (their fields are then null).
+    """
+    schema = pa.schema([(f, pa.string()) for f in fields])
+    joined = pc.binary_join_element_wise(column, _NEWLINE, _NOTHING)  # newline-delimited JSON, one buffer
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(joined.buffers()[2] or pa.py_buffer(b"")),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, joined.nbytes + 1)),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
+                                               newlines_in_values=False))
+        if table.num_rows == len(column):
+            return table.combine_chunks(), []
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    values, bad = {f: [] for f in fields}, []
+    for i, data in enumerate(column.to_pylist()):
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            row = [record.get(f) for f in fields]
+            wrong = [f for f, v in zip(fields, row) if v is not None and not isinstance(v, str)]
+            if wrong:
+                raise ValueError(f"{wrong[0]!r} is not a string or null")
+        except ValueError as exc:
+            bad.append((i, str(exc)))
+            row = [None] * len(fields)
+        for f, v in zip(fields, row):
+            values[f].append(v)
+    return pa.table({f: pa.array(v, pa.string()) for f, v in values.items()}), bad
+
+
+_NEWLINE = pa.scalar(b"\n", pa.large_binary())
+_NOTHING = pa.scalar(b"", pa.large_binary())

@@ -38,8 +38,9 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metadata as md
-from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_relpath
-from .shard import FORMAT, FORMAT_VERSION, MANIFEST, MISSING_REPORT, find_metadata, read_manifest, select_rows
+from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
+from .shard import (FORMAT, FORMAT_VERSION, MANIFEST, MISSING_REPORT, find_metadata, image_reader, open_images,
+                    read_manifest, select_rows)
 
 #: Every problem kind, and what it means; the README's table is this dict.
 KINDS = {
@@ -568,27 +569,31 @@ def check_skipped(folder: Path, seen: dict[str, str], manifest: dict) -> list[Pr
     return problems
 
 
-def check_images(digests: list[tuple[str, int, str]], records: Records, root: Path, package: str,
-                 shard: str) -> list[Problem]:
-    """Each ``.jpg`` equals its source image (same length and sha256 as the file)."""
+def check_images(digests: list[tuple[str, int, str]], records: Records, images, shard: str) -> list[Problem]:
+    """Each ``.jpg`` equals its source image (same length and sha256), read from the folder or
+    zip archives the shards were made from (``shard.open_images``)."""
     known = [d for d in digests if d[0] in records.row]
     if not known:
         return []
     rows = pa.array([records.row[key] for key, _, _ in known], pa.int64())
     sub = records.table.select(["split", "chunk"]).take(rows)
-    problems = []
     splits, chunks = sub.column("split").to_pylist(), sub.column("chunk").to_pylist()
-    for (key, size, digest), split, chunk in zip(known, splits, chunks):
-        path = root / image_relpath(key, split, chunk, package)
-        try:
-            source = path.read_bytes()
-        except OSError as exc:
-            problems.append(Problem("image_mismatch", shard, key,
-                                    f"cannot read the source image {path}: {exc.strerror}"))
-            continue
-        if len(source) != size or hashlib.sha256(source).hexdigest() != digest:
-            how = f"{size} bytes, the source {len(source)}" if len(source) != size else "same size, other bytes"
-            problems.append(Problem("image_mismatch", shard, key, f".jpg differs from the source image {path} ({how})"))
+    subpaths = [image_subpath(key, split, chunk) for (key, _, _), split, chunk in zip(known, splits, chunks)]
+    sizes, located = images.locate(subpaths, progress=False)
+    problems = []
+    with image_reader(images.task_images(located)) as read:
+        for i, (key, size, digest) in enumerate(known):
+            where = f"{subpaths[i]} in {images.where()}"
+            try:
+                if sizes[i] < 0:
+                    raise BioscanError("not found")
+                source = bytes(read(i, key))
+            except BioscanError as exc:
+                problems.append(Problem("image_mismatch", shard, key, f"cannot read the source image {where}: {exc}"))
+                continue
+            if len(source) != size or hashlib.sha256(source).hexdigest() != digest:
+                how = f"{size} bytes, the source {len(source)}" if len(source) != size else "same size, other bytes"
+                problems.append(Problem("image_mismatch", shard, key, f".jpg differs from the source image {where} ({how})"))
     return problems
 
 
@@ -615,12 +620,16 @@ def _metadata_path(manifest: dict, root, metadata) -> Path:
     return Path(path)
 
 
-def _image_root(manifest: dict, root) -> Path:
+def _image_source(manifest: dict, root, package: str):
+    """Where the shards' images came from: the manifest's recorded archives or folder, else the root's."""
+    recorded = _source(manifest).get("images")
+    if root is None and isinstance(recorded, list) and recorded:
+        return open_images(None, package, images=recorded)
     given = root if root is not None else _source(manifest).get("root")
     path = Path(given) if isinstance(given, (str, os.PathLike)) and str(given) else None
     if path is None or not path.is_dir():
         raise BioscanError(f"dataset root not found: {path} (needed for --images); pass --root")
-    return path
+    return open_images(path, package)
 
 
 def verify_split(folder, root=None, metadata=None, images: bool = False, progress: bool = False) -> VerifyReport:
@@ -673,17 +682,17 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
     records = Records(meta_path, manifest.get("splits") if isinstance(manifest.get("splits"), list) else [])
     report.metadata = str(meta_path)
     problems += check_metadata_sha(records, manifest)
-    image_root = _image_root(manifest, root) if images else None
     package = _source(manifest).get("package")
     if images and package not in PACKAGES:
         raise BioscanError(f"the manifest names no known image package ({package!r}), needed for --images")
+    image_source = _image_source(manifest, root, package) if images else None
 
     present = [e for e in entries if (folder / e["name"]).is_file()]
     seen: dict[str, str] = {}
     bar = tqdm(total=sum((folder / e["name"]).stat().st_size for e in present), unit="B", unit_scale=True,
                desc=f"verifying {folder.name}", disable=not progress, file=sys.stderr)
     for entry in present:
-        problems += verify_shard(folder / entry["name"], entry, records, seen, report, image_root, package)
+        problems += verify_shard(folder / entry["name"], entry, records, seen, report, image_source)
         report.shards += 1
         bar.update((folder / entry["name"]).stat().st_size)
     bar.close()
@@ -695,7 +704,7 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
 
 
 def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str], report: VerifyReport,
-                 image_root: Path | None, package: str | None) -> list[Problem]:
+                 images=None) -> list[Problem]:
     """All the checks of one shard, reading it once from start to end."""
     shard = entry["name"]
     problems: list[Problem] = []
@@ -720,7 +729,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
         keys.append(sample.key)
         if record is not None:
             jsons.append((sample.key, record))
-        if image_root is not None and member(sample, "jpg") is not None:
+        if images is not None and member(sample, "jpg") is not None:
             jpg = member(sample, "jpg")
             digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()))
     report.samples += read
@@ -734,6 +743,6 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
     if records.splits:
         problems += check_unknown(keys, records, shard)
     problems += check_fields(jsons, records, shard)
-    if image_root is not None:
-        problems += check_images(digests, records, image_root, package, shard)
+    if images is not None:
+        problems += check_images(digests, records, images, shard)
     return problems

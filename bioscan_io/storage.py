@@ -1,0 +1,153 @@
+"""Where shards live: local paths, fsspec URLs and webdataset ``pipe:`` URLs.
+
+* local paths (and ``file://``) are opened directly (and memory-mapped by the
+  compiled reader);
+* ``pipe:CMD`` and ``http(s)://`` are opened by webdataset (``wds.gopen``: a
+  subprocess, or curl), as stock webdataset does;
+* every other ``scheme://`` URL -- ``s3://``, ``gs://``, ``az://``... -- through
+  fsspec, with ``storage_options`` passed to its filesystem (``endpoint_url``,
+  ``key``, ``secret``, ``anon``...). fsspec and the scheme's package (s3fs, gcsfs)
+  are the optional extra ``bioscan-io[remote]``.
+
+Writing: :func:`publish_split` uploads a split folder sharded locally (staging)
+to a URL, shards first and ``manifest.json`` last, so that a reader never sees a
+manifest before the shards it lists; shards already there with the same size
+are not uploaded again, so a killed upload resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+from .schema import BioscanError
+
+_EXTRA_HINT = "pip install 'bioscan-io[remote]'"
+_WDS_SCHEMES = ("http://", "https://")
+
+
+def is_url(url) -> bool:
+    """Whether ``url`` names remote storage (a ``scheme://`` URL or a ``pipe:`` command)."""
+    text = str(url)
+    return ("://" in text and not text.startswith("file://")) or text.startswith("pipe:")
+
+
+def local_path(url) -> str:
+    """The path of a local file (``file://`` stripped)."""
+    text = str(url)
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
+def dirname(url: str) -> str:
+    return posixpath.dirname(url) if is_url(url) else str(Path(local_path(url)).parent)
+
+
+def join(base: str, name: str) -> str:
+    return posixpath.join(base, name) if is_url(base) else str(Path(local_path(base)) / name)
+
+
+def _fs(url: str, storage_options: dict | None):
+    """The fsspec filesystem and path of ``url``."""
+    try:
+        import fsspec
+    except ImportError:
+        raise BioscanError(f"{url}: remote storage needs fsspec and the package for its scheme: {_EXTRA_HINT}") from None
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:  # the scheme's own package (s3fs, gcsfs) is missing
+        raise BioscanError(f"{url}: {exc} ({_EXTRA_HINT})") from None
+    except ValueError as exc:  # an unknown protocol
+        raise BioscanError(f"{url}: {exc}") from None
+
+
+def open_read(url: str, storage_options: dict | None = None):
+    """A binary file object to read ``url`` from the start (the caller closes it)."""
+    try:
+        if not is_url(url):
+            return open(local_path(url), "rb")
+        if url.startswith("pipe:") or url.startswith(_WDS_SCHEMES):
+            import webdataset as wds
+
+            return wds.gopen(url)
+        fs, path = _fs(url, storage_options)
+        return fs.open(path, "rb")
+    except BioscanError:
+        raise
+    except Exception as exc:  # OSError, botocore's and gcsfs's own error types, ...
+        raise BioscanError(f"cannot open {url}: {exc}") from None
+
+
+def read_text(url: str, storage_options: dict | None = None) -> str | None:
+    """A small text file (a manifest, labels.json); None if it is not there."""
+    if not is_url(url):
+        path = Path(local_path(url))
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    if not (url.startswith("pipe:") or url.startswith(_WDS_SCHEMES)):
+        fs, path = _fs(url, storage_options)
+        try:
+            if not fs.exists(path):
+                return None
+            with fs.open(path, "rb") as f:
+                return f.read().decode("utf-8")
+        except Exception as exc:
+            raise BioscanError(f"cannot read {url}: {exc}") from None
+    try:
+        with open_read(url) as f:
+            data = f.read()
+    except Exception:  # curl / the pipe's command says "not found" only by failing
+        return None
+    return data.decode("utf-8") if isinstance(data, bytes) else data
+
+
+def staging_folder(url: str) -> Path:
+    """The local folder a split is sharded into before :func:`publish_split` uploads it.
+
+    The same URL gets the same folder, so a killed run resumes where it stopped.
+    """
+    digest = hashlib.sha1(str(url).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "bioscan-io-staging" / digest
+
+
+def publish_split(local_out: Path, split_folder: str, url: str, storage_options: dict | None = None,
+                  log=print) -> tuple[str, int]:
+    """Upload ``local_out/split_folder`` (and ``local_out/labels.json``) to ``url``.
+
+    Shards first, then ``labels.json``, then ``manifest.json``; a shard already at
+    the destination with the manifest's byte size is kept.
+
+    Returns
+    -------
+    (remote split folder URL, shards uploaded)
+    """
+    if url.startswith("pipe:") or url.startswith(_WDS_SCHEMES):
+        raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...)")
+    fs, base = _fs(url, storage_options)
+    folder = Path(local_out) / split_folder
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    remote = posixpath.join(base, split_folder)
+    uploaded = 0
+    try:
+        fs.makedirs(remote, exist_ok=True)
+        for shard in manifest["shards"]:
+            target = posixpath.join(remote, shard["name"])
+            if fs.exists(target) and fs.size(target) == shard["bytes"]:
+                continue
+            fs.put_file(str(folder / shard["name"]), target)
+            uploaded += 1
+        for name in sorted(os.listdir(folder)):  # the missing-images report, if any
+            if name.endswith(".txt"):
+                fs.put_file(str(folder / name), posixpath.join(remote, name))
+        labels = Path(local_out) / "labels.json"
+        if labels.is_file():
+            fs.put_file(str(labels), posixpath.join(base, "labels.json"))
+        fs.put_file(str(folder / "manifest.json"), posixpath.join(remote, "manifest.json"))
+    except BioscanError:
+        raise
+    except Exception as exc:
+        raise BioscanError(f"uploading {folder} to {url} failed: {exc}; rerun to resume") from None
+    log(f"uploaded {uploaded} shard(s) of {len(manifest['shards'])} to {join(url, split_folder)}")
+    return join(str(url), split_folder), uploaded
