@@ -10,9 +10,10 @@
   are the optional extra ``bioscan-io[remote]``.
 
 Writing: :func:`publish_split` uploads a split folder sharded locally (staging)
-to a URL, shards first and ``manifest.json`` last, so that a reader never sees a
-manifest before the shards it lists; shards already there with the same size
-are not uploaded again, so a killed upload resumes.
+to an fsspec URL or through a ``pipe:`` command per file, shards first and
+``manifest.json`` last, so that a reader never sees a manifest before the shards
+it lists; on fsspec URLs, shards already there with the same size are not
+uploaded again, so a killed upload resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import hashlib
 import json
 import os
 import posixpath
+import shlex
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -116,38 +119,68 @@ def publish_split(local_out: Path, split_folder: str, url: str, storage_options:
                   log=print) -> tuple[str, int]:
     """Upload ``local_out/split_folder`` (and ``local_out/labels.json``) to ``url``.
 
-    Shards first, then ``labels.json``, then ``manifest.json``; a shard already at
-    the destination with the manifest's byte size is kept.
+    Shards first, then ``labels.json``, then ``manifest.json``. ``url`` is an
+    fsspec URL (a shard already there with the manifest's byte size is kept, so
+    a rerun resumes) or a ``pipe:`` command template run once per file with the
+    file on its standard input and ``{name}`` replaced by its path under ``url``
+    (``pipe:aws s3 cp - s3://bucket/shards/{name}``).
 
     Returns
     -------
     (remote split folder URL, shards uploaded)
     """
-    if url.startswith("pipe:") or url.startswith(_WDS_SCHEMES):
-        raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...)")
-    fs, base = _fs(url, storage_options)
+    if url.startswith(_WDS_SCHEMES):
+        raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
+                           "or a pipe: command")
     folder = Path(local_out) / split_folder
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    remote = posixpath.join(base, split_folder)
+    files = [(folder / s["name"], f"{split_folder}/{s['name']}", s["bytes"]) for s in manifest["shards"]]
+    files += [(folder / n, f"{split_folder}/{n}", None) for n in sorted(os.listdir(folder)) if n.endswith(".txt")]
+    if (Path(local_out) / "labels.json").is_file():
+        files.append((Path(local_out) / "labels.json", "labels.json", None))
+    files.append((folder / "manifest.json", f"{split_folder}/manifest.json", None))  # last
+    put = _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
     uploaded = 0
     try:
-        fs.makedirs(remote, exist_ok=True)
-        for shard in manifest["shards"]:
-            target = posixpath.join(remote, shard["name"])
-            if fs.exists(target) and fs.size(target) == shard["bytes"]:
-                continue
-            fs.put_file(str(folder / shard["name"]), target)
-            uploaded += 1
-        for name in sorted(os.listdir(folder)):  # the missing-images report, if any
-            if name.endswith(".txt"):
-                fs.put_file(str(folder / name), posixpath.join(remote, name))
-        labels = Path(local_out) / "labels.json"
-        if labels.is_file():
-            fs.put_file(str(labels), posixpath.join(base, "labels.json"))
-        fs.put_file(str(folder / "manifest.json"), posixpath.join(remote, "manifest.json"))
+        for local, name, size in files:
+            uploaded += put(local, name, size) and size is not None
     except BioscanError:
         raise
     except Exception as exc:
         raise BioscanError(f"uploading {folder} to {url} failed: {exc}; rerun to resume") from None
-    log(f"uploaded {uploaded} shard(s) of {len(manifest['shards'])} to {join(url, split_folder)}")
-    return join(str(url), split_folder), uploaded
+    where = url if url.startswith("pipe:") else join(url, split_folder)
+    log(f"uploaded {uploaded} shard(s) of {len(manifest['shards'])} to {where}")
+    return (url if url.startswith("pipe:") else join(str(url), split_folder)), uploaded
+
+
+def _fsspec_put(url: str, storage_options: dict | None):
+    """``put(local, name, size)`` to an fsspec URL; False when a shard of that size is already there."""
+    fs, base = _fs(url, storage_options)
+
+    def put(local: Path, name: str, size: int | None) -> bool:
+        target = posixpath.join(base, name)
+        if size is not None and fs.exists(target) and fs.size(target) == size:
+            return False
+        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        fs.put_file(str(local), target)
+        return True
+
+    return put
+
+
+def _pipe_put(url: str):
+    """``put(local, name, size)`` through a ``pipe:`` command template (the file on its stdin)."""
+    template = url[len("pipe:"):]
+    if "{name}" not in template:
+        raise BioscanError(f"{url}: a pipe: output needs {{name}} in the command, where each file's path goes")
+
+    def put(local: Path, name: str, size: int | None) -> bool:
+        command = template.replace("{name}", shlex.quote(name))
+        with open(local, "rb") as f:
+            done = subprocess.run(command, shell=True, stdin=f, capture_output=True)
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+            raise BioscanError(f"{url}: writing {name} failed: {tail[0]}")
+        return True
+
+    return put

@@ -24,6 +24,7 @@ from bioscan_io.schema import (
     METADATA_CSV,
     RANKS,
     SPLITS,
+    BioscanError,
     image_relpath,
 )
 from bioscan_io.shard import LABELS, MANIFEST, read_manifest, shard_split
@@ -336,3 +337,29 @@ def test_jsonld_gives_the_same_shards_as_csv(dataset_small, tmp_path):
                     progress=False, log=lambda m: None)
     shas = lambda s: [x["sha256"] for x in read_manifest(s.folder)["shards"]]  # noqa: E731
     assert shas(a) == shas(b)
+
+
+def test_shards_written_through_a_pipe_command(dataset_small, tmp_path):
+    """``out="pipe:CMD"``: each file goes to CMD's stdin, {name} its path; the result loads as from disk."""
+    from bioscan_io.loader import make_loader
+
+    local = tmp_path / "local"
+    shard_split(dataset_small, "val", out=local, maxcount=10, progress=False, log=lambda m: None)
+    target = tmp_path / "piped"
+    url = f"pipe:mkdir -p \"$(dirname {target}/{{name}})\" && cat > {target}/{{name}}"
+    messages = []
+    summary = shard_split(dataset_small, "val", out=url, maxcount=10, staging=tmp_path / "staging",
+                          progress=False, log=messages.append)
+    assert summary.folder == url and any(m.startswith("uploaded 2 shard(s) of 2") for m in messages), messages
+    for path in sorted((local / "val").glob("*.tar")) + [local / "val" / MANIFEST, local / LABELS]:
+        assert (target / path.relative_to(local)).read_bytes() == path.read_bytes()
+    assert not (tmp_path / "staging" / "val").exists()  # the staging copy goes once uploaded
+    pids = [p for b in make_loader(target / "val", "embed", batch_size=8) for p in b["processid"]]
+    assert sorted(pids) == sorted(p for b in make_loader(local / "val", "embed", batch_size=8)
+                                  for p in b["processid"])
+    with pytest.raises(BioscanError, match=r"needs \{name\}"):
+        shard_split(dataset_small, "val", out="pipe:cat > /dev/null", maxcount=10, staging=tmp_path / "s2",
+                    progress=False, log=lambda m: None)
+    with pytest.raises(BioscanError, match="writing val/val-000000.tar failed"):
+        shard_split(dataset_small, "val", out="pipe:exit 3 # {name}", maxcount=10, staging=tmp_path / "s3",
+                    progress=False, log=lambda m: None)
