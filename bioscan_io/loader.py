@@ -57,6 +57,8 @@ log = logging.getLogger("bioscan_io")
 MANIFEST = "manifest.json"
 #: Default block of samples read and shuffled together for tasks with images.
 DEFAULT_IMAGE_BLOCK = 1000
+#: Most payload bytes a worker reads into one block (large images: fewer samples a block).
+DEFAULT_BLOCK_BYTES = 256 << 20
 LABELS = "labels.json"
 
 
@@ -171,22 +173,24 @@ class ErrorPolicy:
 
 
 def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: int | None = None,
-                open_url=storage.open_read):
+                open_url=storage.open_read, max_bytes: int | None = None):
     """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
 
     Each segment is read with one header walk and cut into blocks of at most
-    ``max_rows`` samples (None: the whole segment), so a worker never holds more
-    than a block of images. Local shards go through the compiled walk (no Python
-    object per sample); remote ones, and shards with headers it does not read,
-    through Python's tarfile, opened by ``open_url``. A sample without one of the members, or a fault in
-    the shard, is raised or skipped per ``errors``; skipping loses only the
-    samples the fault made unreadable.
+    ``max_rows`` samples and ``max_bytes`` of payload (None: no bound; a block
+    holds at least one sample), so a worker never holds more than a block of
+    images. Local shards go through the compiled walk (no Python object per
+    sample); remote ones, and shards with headers it does not read, through
+    Python's tarfile, opened by ``open_url``. A sample without one of the members,
+    or a fault in the shard, is raised or skipped per ``errors``; skipping loses
+    only the samples the fault made unreadable.
     """
     exts = tuple(sorted(exts))
     for seg in segments:
         url = urls[seg.shard]
         done = 0  # samples of the segment delivered or reported
-        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, max_rows, open_url):
+        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, (max_rows, max_bytes),
+                                                     open_url):
             for key, ext in missing:
                 errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
             n = len(block["__key__"])
@@ -198,16 +202,17 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: 
                 yield block
 
 
-def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None, open_url):
-    """``(block, missing, error)`` per block of one segment; ``error`` only with the last."""
+def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
+    """``(block, missing, error)`` per block of one segment; ``error`` only with the last.
+
+    ``limits`` is ``(max_rows, max_bytes)``.
+    """
     found = scan_shard(url, start, stop, exts)
     if found is None:
-        yield from _tarfile_blocks(url, start, stop, exts, max_rows, open_url)
+        yield from _tarfile_blocks(url, start, stop, exts, limits, open_url)
         return
     with found:
-        step = max_rows or max(found.n, 1)
-        for lo in range(0, max(found.n, 1), step):
-            hi = min(lo + step, found.n)
+        for lo, hi in block_bounds(found.sizes(), *limits):
             keys, values, present = found.gather(lo, hi)
             last = hi == found.n
             # A fault can cut the last sample walked short: it is lost, not "missing".
@@ -233,9 +238,25 @@ def _complete_rows(keys, values: dict, present: dict, checked: int):
     return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
 
 
-def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None, open_url):
+def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
+    """``(lo, hi)`` row ranges of at most ``max_rows`` rows and ``max_bytes`` (at least one row each)."""
+    n = len(sizes)
+    ends = np.cumsum(sizes)
+    bounds, lo = [], 0
+    while lo < n:
+        hi = n if max_rows is None else min(n, lo + max_rows)
+        if max_bytes is not None:
+            before = ends[lo - 1] if lo else 0
+            hi = max(lo + 1, min(hi, int(np.searchsorted(ends, before + max_bytes, side="right"))))
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds or [(0, 0)]
+
+
+def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
     """:func:`_segment_blocks` through Python's tarfile (remote URLs, pax headers)."""
-    samples, error = [], None
+    max_rows, max_bytes = limits
+    samples, error, held = [], None, 0
 
     def block(checked):
         keys = pa.array([s["__key__"] for s in samples], pa.large_string())
@@ -245,10 +266,15 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], max_
 
     try:
         for sample in _read_segment_tarfile(url, start, stop, frozenset(exts), open_url):
+            size = sum(len(sample[ext]) for ext in exts if ext in sample)
+            if samples and max_bytes is not None and held + size > max_bytes:
+                yield (*block(len(samples)), None)
+                samples, held = [], 0
             samples.append(sample)
+            held += size
             if max_rows and len(samples) == max_rows:
                 yield (*block(len(samples)), None)
-                samples = []
+                samples, held = [], 0
     except BioscanError as exc:
         error = exc
     if samples or error is not None:
@@ -532,7 +558,8 @@ class EpochStream(IterableDataset):
         # Batch-level stages: columns in, one batch out per slice of rows.
         stages = [
             lambda: iter(segments),
-            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows, self.open_url),
+            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows, self.open_url,
+                                     DEFAULT_BLOCK_BYTES),
             lambda blocks: parse_records(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),
             lambda blocks: block_batches(blocks, self.batch_size, rng),
@@ -649,8 +676,9 @@ def make_loader(
         Samples shuffled together in each worker: shards (pre-shuffled when
         written) are read in blocks of this many samples, and each block is
         permuted. Default: whole shard segments for tasks without images (a
-        shard's barcodes and records are small); 1,000 samples with images (at
-        most that many JPEGs held per worker).
+        shard's barcodes and records are small); 1,000 samples with images. A
+        block also stops at 256 MiB of payload (``DEFAULT_BLOCK_BYTES``), which
+        bounds a worker's memory with large images.
     drop_last : bool
         Drop each rank's last partial batch.
     pad : bool, optional

@@ -89,6 +89,13 @@ class ShardScan:
             values[ext] = _column(self._buf, rows[:, 2], rows[:, 3], pa.large_binary())
         return _column(self._buf, rows[:, 0], rows[:, 1], pa.large_string()), values, present
 
+    def sizes(self) -> np.ndarray:
+        """Payload bytes of each recorded sample, over the members walked for."""
+        total = np.zeros(self.n, np.int64)
+        for rows in self._rows.values():
+            total += np.maximum(rows[:, 3] - rows[:, 2], 0)
+        return total
+
     def close(self) -> None:
         self._buf = None  # release the map's buffer before it closes
         if self._mm is not None:

@@ -117,3 +117,30 @@ def test_blocks_are_bounded_and_complete(shard, tmp_path, pax):
     assert [k for b in blocks for k in b["__key__"].to_pylist()] == [s["__key__"] for s in want]
     assert [d for b in blocks for d in b["json"].to_pylist()] == [s["json"] for s in want]
     assert all(b["__shard__"].to_pylist() == [0] * len(b["__key__"]) for b in blocks)
+
+
+def test_block_bounds_respect_rows_and_bytes():
+    from bioscan_io.loader import block_bounds
+
+    sizes = np.array([5, 5, 50, 5, 5, 5, 100, 1])
+    assert block_bounds(sizes, None, None) == [(0, 8)]
+    assert block_bounds(sizes, 3, None) == [(0, 3), (3, 6), (6, 8)]
+    # At most 20 bytes a block, but never an empty block: a larger sample stands alone.
+    assert block_bounds(sizes, None, 20) == [(0, 2), (2, 3), (3, 6), (6, 7), (7, 8)]
+    assert block_bounds(sizes, 2, 20) == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 7), (7, 8)]
+    assert block_bounds(np.zeros(0, np.int64), 4, 20) == [(0, 0)]
+
+
+@pytest.mark.parametrize("pax", [False, True])
+def test_blocks_are_bounded_in_bytes(shard, tmp_path, pax):
+    if pax:
+        path = tmp_path / "pax.tar"
+        _pax_shard(path, 23)
+    else:
+        path = shard
+    want = stock(path)[:20]
+    limit = 3 * max(len(s["dna"]) for s in want)
+    blocks = list(read_blocks([Segment(0, 0, 20)], [str(path)], ("dna",), ErrorPolicy("raise"), max_bytes=limit))
+    assert len(blocks) > 1
+    assert all(sum(len(d) for d in b["dna"].to_pylist()) <= limit for b in blocks)
+    assert [k for b in blocks for k in b["__key__"].to_pylist()] == [s["__key__"] for s in want]
