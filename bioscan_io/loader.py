@@ -207,10 +207,25 @@ def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limi
 
     ``limits`` is ``(max_rows, max_bytes)``.
     """
+    if storage.is_url(url):
+        # A stream cannot be memory-mapped: copy it to a local temporary file first
+        # (the bytes a tar reader would stream through anyway), then walk that.
+        with storage.spool(url, open_url) as local:
+            found = tarscan.scan(local, start, stop, exts, name=url)
+            if found is None:
+                yield from _tarfile_blocks(local, start, stop, exts, limits, storage.open_read, name=url)
+                return
+            yield from _scanned_blocks(found, limits)
+        return
     found = scan_shard(url, start, stop, exts)
     if found is None:
         yield from _tarfile_blocks(url, start, stop, exts, limits, open_url)
         return
+    yield from _scanned_blocks(found, limits)
+
+
+def _scanned_blocks(found, limits: tuple):
+    """:func:`_segment_blocks` from a compiled walk (a :class:`tarscan.ShardScan`)."""
     with found:
         for lo, hi in block_bounds(found.sizes(), *limits):
             keys, values, present = found.gather(lo, hi)
@@ -253,8 +268,9 @@ def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None)
     return bounds or [(0, 0)]
 
 
-def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
-    """:func:`_segment_blocks` through Python's tarfile (remote URLs, pax headers)."""
+def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url,
+                    name: str | None = None):
+    """:func:`_segment_blocks` through Python's tarfile (pax headers); errors name ``name`` (default ``url``)."""
     max_rows, max_bytes = limits
     samples, error, held = [], None, 0
 
@@ -265,7 +281,7 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limi
         return _complete_rows(keys, values, present, checked)
 
     try:
-        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts), open_url):
+        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts), open_url, name):
             size = sum(len(sample[ext]) for ext in exts if ext in sample)
             if samples and max_bytes is not None and held + size > max_bytes:
                 yield (*block(len(samples)), None)
@@ -281,8 +297,10 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limi
         yield (*block(len(samples) - (error is not None)), error)
 
 
-def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str], open_url=storage.open_read):
+def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str], open_url=storage.open_read,
+                          name: str | None = None):
     stream = open_url(url)  # BioscanError naming the URL
+    url = name or url  # what the messages call the shard
     index, key, sample = -1, None, None
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")

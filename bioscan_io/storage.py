@@ -25,6 +25,7 @@ import posixpath
 import shlex
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .schema import BioscanError
@@ -82,6 +83,30 @@ def open_read(url: str, storage_options: dict | None = None):
         raise
     except Exception as exc:  # OSError, botocore's and gcsfs's own error types, ...
         raise BioscanError(f"cannot open {url}: {exc}") from None
+
+
+@contextmanager
+def spool(url: str, open_url=open_read, chunk: int = 8 << 20):
+    """A local temporary copy of ``url`` (its path), removed on exit.
+
+    The compiled tar reader needs a file it can memory-map; a remote shard is
+    streamed once into a temporary file (``$TMPDIR``), which the page cache
+    usually keeps in memory, then read from there.
+    """
+    with tempfile.NamedTemporaryFile(prefix="bioscan-io-shard-", suffix=".tar") as tmp:
+        with open_url(url) as src:
+            try:
+                while True:
+                    data = src.read(chunk)
+                    if not data:
+                        break
+                    tmp.write(data)
+            except BioscanError:
+                raise
+            except Exception as exc:  # a dropped connection, a pipe's command failing...
+                raise BioscanError(f"reading shard {url} failed: {exc}") from None
+        tmp.flush()
+        yield tmp.name
 
 
 def read_text(url: str, storage_options: dict | None = None) -> str | None:

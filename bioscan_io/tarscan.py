@@ -108,19 +108,22 @@ class ShardScan:
         self.close()
 
 
-def scan(path: str, start: int, stop: int, exts) -> ShardScan | None:
+def scan(path: str, start: int, stop: int, exts, name: str | None = None) -> ShardScan | None:
     """Walk the headers of samples ``start <= i < stop`` for the members ``exts``.
 
     One memory map, one walk per extension (the header pages stay hot). None when
     the shard uses headers the compiled walk does not read (use the Python path).
+    Messages name the shard ``name`` (default: ``path``; a local copy of a remote
+    shard is named by its URL).
     """
+    name = name or path
     with open(path, "rb") as f:  # the map keeps its own handle on the file
         if os.fstat(f.fileno()).st_size == 0:
             rows = {ext: np.empty((0, 4), np.int64) for ext in exts}
-            return ShardScan(path, None, rows, 0, BioscanError(f"shard {path} is empty"))
+            return ShardScan(path, None, rows, 0, BioscanError(f"shard {name} is empty"))
         mm = mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
     try:
-        found, n, error = _walk(mm, path, start, stop, exts)
+        found, n, error = _walk(mm, name, start, stop, exts)
     except BaseException:
         mm.close()
         raise

@@ -140,3 +140,23 @@ def test_stock_webdataset_reads_the_s3_shards_through_a_pipe(local, remote, s3):
     assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
     assert all(g["jpg"] == w["jpg"] and g["dna"] == w["dna"] for g, w in zip(got, want))
     assert np.all([len(g["json"]) > 0 for g in got])
+
+
+def test_a_truncated_remote_shard_is_named_by_its_url(local, s3):
+    """Remote shards are copied to a temporary file and walked there; errors still name the URL."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    manifest = read_manifest(local / "val")
+    first = manifest["shards"][0]["name"]
+    for path in sorted((local / "val").iterdir()):
+        data = path.read_bytes()
+        fs.pipe(f"{BUCKET}/cut/val/{path.name}", data[: len(data) // 2] if path.name == first else data)
+    fs.put_file(str(local / "labels.json"), f"{BUCKET}/cut/labels.json")
+    url = f"s3://{BUCKET}/cut/val"
+    with pytest.raises(BioscanError, match=rf"shard {url}/{first}: truncated member") as err:
+        _epoch(url, "mlm", storage_options=s3, shuffle=False)
+    assert "bioscan-io-shard-" not in str(err.value)
+    loader = make_loader(url, "mlm", batch_size=8, storage_options=s3, shuffle=False, on_error="skip")
+    n = sum(len(b["processid"]) for b in loader)
+    assert n == manifest["num_samples"] and 0 < loader.skipped < manifest["shards"][0]["count"]
