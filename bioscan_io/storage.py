@@ -9,6 +9,9 @@
   ``key``, ``secret``, ``anon``...). fsspec and the scheme's package (s3fs, gcsfs)
   are the optional extra ``bioscan-io[remote]``.
 
+Reading: the loader copies a remote shard to a temporary file (:func:`spool`) and
+walks it with the compiled reader, as a local one.
+
 Writing: :func:`publish_split` uploads a split folder sharded locally (staging)
 to an fsspec URL or through a ``pipe:`` command per file, shards first and
 ``manifest.json`` last, so that a reader never sees a manifest before the shards
