@@ -103,14 +103,19 @@ def test_sample_without_the_member(tmp_path):
         list(read_blocks([Segment(0, 0, 3)], [str(path)], ("dna",), ErrorPolicy("raise")))
 
 
+def _pax_or(shard: Path, tmp_path: Path, pax: bool) -> Path:
+    """The project's shard (compiled walk), or a 23-sample pax shard (the Python reader)."""
+    if not pax:
+        return shard
+    path = tmp_path / "pax.tar"
+    _pax_shard(path, 23)
+    return path
+
+
 @pytest.mark.parametrize("pax", [False, True])
 def test_blocks_are_bounded_and_complete(shard, tmp_path, pax):
     """A segment is read in blocks of at most ``max_rows`` samples, together exactly the segment."""
-    if pax:
-        path = tmp_path / "pax.tar"
-        _pax_shard(path, 23)
-    else:
-        path = shard
+    path = _pax_or(shard, tmp_path, pax)
     want = stock(path)[2:21]
     blocks = list(read_blocks([Segment(0, 2, 21)], [str(path)], ("dna", "json"), ErrorPolicy("raise"), max_rows=4))
     assert [len(b["__key__"]) for b in blocks] == [4, 4, 4, 4, 3]
@@ -133,11 +138,7 @@ def test_block_bounds_respect_rows_and_bytes():
 
 @pytest.mark.parametrize("pax", [False, True])
 def test_blocks_are_bounded_in_bytes(shard, tmp_path, pax):
-    if pax:
-        path = tmp_path / "pax.tar"
-        _pax_shard(path, 23)
-    else:
-        path = shard
+    path = _pax_or(shard, tmp_path, pax)
     want = stock(path)[:20]
     limit = 3 * max(len(s["dna"]) for s in want)
     blocks = list(read_blocks([Segment(0, 0, 20)], [str(path)], ("dna",), ErrorPolicy("raise"), max_bytes=limit))
