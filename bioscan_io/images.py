@@ -118,9 +118,14 @@ def _jpeg_header(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _complete(data: bytes) -> bool:
-    """Whether the bytes end with a JPEG end-of-image marker (a truncated file does not)."""
-    return b"\xff\xd9" in data[-32:]
+#: Bytes at the end of a JPEG that may follow its end-of-image marker (padding some
+#: cameras and tools append); a truncated file has no marker there.
+EOI_SLACK = 32
+
+
+def has_eoi(data: bytes) -> bool:
+    """Whether the bytes end with a JPEG end-of-image marker, give or take :data:`EOI_SLACK` bytes."""
+    return b"\xff\xd9" in data[-EOI_SLACK:]
 
 
 def _check_size(size: tuple[int, int], where: str) -> None:
@@ -144,7 +149,7 @@ def _jpeg_rows(data: bytes, size: tuple[int, int], rows: int | None, scale: int 
     would leave it so; the general path then decides, as it does for a row that
     is black in the image). ``rows=None`` decodes every row.
     """
-    if not _complete(data):  # no EOI at the end: truncated, or data after it
+    if not has_eoi(data):  # no EOI at the end: truncated, or data after it
         return None
     w, h = -(-size[0] // scale), -(-size[1] // scale)
     rows = h if rows is None else max(1, min(h, int(rows)))
@@ -369,7 +374,7 @@ def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True,
     h_flip = hflip and rng.random() < 0.5
     v_flip = vflip and rng.random() < 0.5
     out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling)
-    return out.load() if not lazy or not _complete(data) else out
+    return out.load() if not lazy or not has_eoi(data) else out
 
 
 def decode_eval(data: bytes, size: int, resize: int, where: str = "",
@@ -379,7 +384,7 @@ def decode_eval(data: bytes, size: int, resize: int, where: str = "",
     (width, height), fast, img = _header(data, where)
     box = eval_box(width, height, size, resize)
     out = PreparedImage(data, fast, img, box, (size, size), where=where, dct_scaling=dct_scaling)
-    return out.load() if not lazy or not _complete(data) else out
+    return out.load() if not lazy or not has_eoi(data) else out
 
 
 def train_transform(img: Image.Image, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metadata as md
+from .images import EOI_SLACK, has_eoi
 from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
 from .shard import (FORMAT, FORMAT_VERSION, MANIFEST, MISSING_REPORT, find_metadata, image_reader, open_images,
                     read_manifest, select_rows)
@@ -455,16 +456,21 @@ def check_dna(sample: Sample, record: dict, shard: str) -> list[Problem]:
 
 
 def check_jpeg(sample: Sample, shard: str) -> list[Problem]:
-    """The ``.jpg`` starts with SOI and ends with EOI: a cut or overwritten tail shows here."""
+    """The ``.jpg`` starts with SOI and ends with EOI: a cut or overwritten tail shows here.
+
+    A few bytes after the EOI marker (padding some cameras append) are allowed, as
+    the decoder allows them (``images.has_eoi``).
+    """
     raw = member(sample, "jpg")
     if raw is None:
         return []
     if raw[:2] != b"\xff\xd8":
         start = raw[:2].hex(" ") or "empty"
         return [Problem("bad_jpeg", shard, sample.key, f"does not start with FF D8 (starts {start})")]
-    if raw[-2:] != b"\xff\xd9":
+    if not has_eoi(raw):
         end = raw[-2:].hex(" ")
-        return [Problem("bad_jpeg", shard, sample.key, f"does not end with FF D9 (ends {end}; {len(raw)} bytes)")]
+        return [Problem("bad_jpeg", shard, sample.key,
+                        f"does not end with FF D9 (none in its last {EOI_SLACK} bytes; ends {end}; {len(raw)} bytes)")]
     return []
 
 

@@ -416,3 +416,27 @@ def test_usage_errors_exit_2_with_one_line(split, tmp_path):
     with pytest.raises(Exception, match="split folder not found"):
         verify_split(tmp_path / "nowhere")
 
+
+
+def test_padding_after_the_end_of_image_marker_is_not_damage(split):
+    """Bytes after EOI (as some cameras write) pass verify, and the loader decodes the image the same."""
+    import random
+
+    from bioscan_io import images as im
+
+    path = shard_path(split, 0)
+    members = read_members(path)
+    name, original = next((n, d) for n, d in members if n.endswith(".jpg"))
+    padded = original + b"\x00" * 20
+    write_members(path, [(n, padded if n == name else d) for n, d in members])
+    refresh_manifest(split)
+    assert "bad_jpeg" not in kinds(verify_split(split))
+    for data in (original, padded):
+        assert im.has_eoi(data)
+    same = [im.stack([im.decode_train(d, 64, random.Random(1))]) for d in (original, padded)]
+    assert (same[0] == same[1]).all()
+    # Past the slack it is a cut or overwritten tail.
+    write_members(path, [(n, original + b"\x00" * 40 if n == name else d) for n, d in members])
+    refresh_manifest(split)
+    [problem] = only(verify_split(split), "bad_jpeg")
+    assert problem.key == name.split(".")[0] and "none in its last 32 bytes" in problem.detail
