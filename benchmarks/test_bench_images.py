@@ -19,7 +19,10 @@ Pipelines, each over the same generated records (``cropped_256``, batches of 256
 Every DataLoader is persistent and warmed by one untimed epoch (worker start-up is
 excluded from all pipelines alike); timed epochs of the pipelines being compared are
 interleaved round by round, and each figure is the fastest round (median printed too),
-so load from other jobs on the machine hits all of them alike.
+so load from other jobs on the machine hits all of them alike. The overhead and
+scaling targets are asserted on the median over rounds of the two pipelines' time
+ratio within a round (:func:`paired`): the VM's speed drifts by up to +-10% over
+minutes, which a ratio of two best rounds, taken minutes apart, does not cancel.
 
 Targets (SPEC 6 / issue 5), asserted only with ``BIOSCAN_BENCH_STRICT=1``::
 
@@ -275,6 +278,16 @@ def interleaved(pipes: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def paired(times: dict, a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round.
+
+    The VM's speed drifts by +-10% over minutes; the two epochs of one round run
+    back to back, so their ratio cancels most of the drift that a ratio of
+    best-of-N rounds keeps.
+    """
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def _fmt(name: str, secs: list[float], n: int) -> str:
     return (f"  {name:38s} {n / min(secs):8,.0f} img/s (best of {len(secs)})  "
             f"{n / statistics.median(secs):8,.0f} img/s (median)")
@@ -413,13 +426,17 @@ if __name__ != "__main__":
         n = data["n"]
         pure = min(t["pure"])
         over0, over1 = min(t["ours0"]) / pure - 1, min(t["ours1"]) / pure - 1
+        paired0, paired1 = paired(t, "ours0", "pure") - 1, paired(t, "ours1", "pure") - 1
         print(f"\nloader overhead, {n} images:")
         print(_fmt("pure decode_train + stack", t["pure"], n))
         print(_fmt("make_loader, num_workers=0", t["ours0"], n))
         print(_fmt("make_loader, num_workers=1", t["ours1"], n))
-        print(f"  overhead: {over0:+.1%} (num_workers=0), {over1:+.1%} (num_workers=1) of pure decode+augment")
+        print(f"  overhead, best rounds: {over0:+.1%} (num_workers=0), {over1:+.1%} (num_workers=1) "
+              f"of pure decode+augment")
+        print(f"  overhead, median of per-round ratios: {paired0:+.1%} (num_workers=0), {paired1:+.1%} "
+              f"(num_workers=1)")
         if STRICT:
-            assert over0 < TARGET_OVERHEAD, f"loader overhead {over0:.1%} >= {TARGET_OVERHEAD:.0%}"
+            assert paired0 < TARGET_OVERHEAD, f"loader overhead {paired0:.1%} >= {TARGET_OVERHEAD:.0%}"
 
     def test_target_worker_scaling(data, smoke):
         """make_loader with 2 workers vs 1 worker, interleaved."""
@@ -433,13 +450,16 @@ if __name__ != "__main__":
                 p.close()
         n = data["n"]
         scaling = min(t["w1"]) / min(t["w2"])
+        scaling_paired = 1 / paired(t, "w2", "w1")
         print(f"\nworker scaling, {n} images, {os.cpu_count()} CPUs:")
         print(_fmt("make_loader, num_workers=1", t["w1"], n))
         print(_fmt("make_loader, num_workers=2", t["w2"], n))
         medians = statistics.median(t["w1"]) / statistics.median(t["w2"])
-        print(f"  2 workers vs 1: {scaling:.2f}x (medians {medians:.2f}x)")
+        print(f"  2 workers vs 1: {scaling:.2f}x best rounds (medians {medians:.2f}x; "
+              f"median of per-round ratios {scaling_paired:.2f}x)")
         if STRICT:
-            assert scaling >= TARGET_SCALING, f"2 workers give {scaling:.2f}x of 1 worker < {TARGET_SCALING}x"
+            assert scaling_paired >= TARGET_SCALING, \
+                f"2 workers give {scaling_paired:.2f}x of 1 worker < {TARGET_SCALING}x"
 
 
 if __name__ == "__main__":
