@@ -412,17 +412,22 @@ if __name__ != "__main__":
             assert "stock" in t, f"stock-Pillow baseline needed for the target: {skipped}"
             assert ratio >= TARGET_SPEEDUP, f"{ratio:.2f}x < {TARGET_SPEEDUP}x per-file stock Pillow"
 
-    def test_target_loader_overhead(data, smoke):
-        """make_loader (0 and 1 workers) vs decode_train + stack over the same bytes in memory, interleaved."""
+    def _interleaved_run(smoke: bool, **makers) -> dict[str, list[float]]:
+        """Make the pipelines (``name=factory``), time them interleaved, close them all."""
         pipes = {}
         try:
-            pipes["pure"] = PureDecodeAugment(data["jpegs"], data["batch"])
-            pipes["ours0"] = OurLoader(data["shards"], 0, data["batch"])
-            pipes["ours1"] = OurLoader(data["shards"], 1, data["batch"])
-            t = interleaved(pipes, _rounds(smoke))
+            for name, make in makers.items():
+                pipes[name] = make()
+            return interleaved(pipes, _rounds(smoke))
         finally:
             for p in pipes.values():
                 p.close()
+
+    def test_target_loader_overhead(data, smoke):
+        """make_loader (0 and 1 workers) vs decode_train + stack over the same bytes in memory, interleaved."""
+        t = _interleaved_run(smoke, pure=lambda: PureDecodeAugment(data["jpegs"], data["batch"]),
+                             ours0=lambda: OurLoader(data["shards"], 0, data["batch"]),
+                             ours1=lambda: OurLoader(data["shards"], 1, data["batch"]))
         n = data["n"]
         pure = min(t["pure"])
         over0, over1 = min(t["ours0"]) / pure - 1, min(t["ours1"]) / pure - 1
@@ -440,14 +445,8 @@ if __name__ != "__main__":
 
     def test_target_worker_scaling(data, smoke):
         """make_loader with 2 workers vs 1 worker, interleaved."""
-        pipes = {}
-        try:
-            pipes["w1"] = OurLoader(data["shards"], 1, data["batch"])
-            pipes["w2"] = OurLoader(data["shards"], 2, data["batch"])
-            t = interleaved(pipes, _rounds(smoke))
-        finally:
-            for p in pipes.values():
-                p.close()
+        t = _interleaved_run(smoke, w1=lambda: OurLoader(data["shards"], 1, data["batch"]),
+                             w2=lambda: OurLoader(data["shards"], 2, data["batch"]))
         n = data["n"]
         scaling = min(t["w1"]) / min(t["w2"])
         scaling_paired = 1 / paired(t, "w2", "w1")

@@ -172,18 +172,18 @@ class ErrorPolicy:
         return out
 
 
-def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: int | None = None,
-                open_url=storage.open_read, max_bytes: int | None = None):
+def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, *, max_rows: int | None = None,
+                max_bytes: int | None = None, open_url=storage.open_read):
     """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
 
     Each segment is read with one header walk and cut into blocks of at most
     ``max_rows`` samples and ``max_bytes`` of payload (None: no bound; a block
     holds at least one sample), so a worker never holds more than a block of
-    images. Local shards go through the compiled walk (no Python object per
-    sample); remote ones, and shards with headers it does not read, through
-    Python's tarfile, opened by ``open_url``. A sample without one of the members,
-    or a fault in the shard, is raised or skipped per ``errors``; skipping loses
-    only the samples the fault made unreadable.
+    images. Shards go through the compiled walk (no Python object per sample);
+    remote ones are first copied to a temporary file (opened by ``open_url``),
+    and shards with headers the walk does not read go through Python's tarfile.
+    A sample without one of the members, or a fault in the shard, is raised or
+    skipped per ``errors``; skipping loses only the samples the fault made unreadable.
     """
     exts = tuple(sorted(exts))
     for seg in segments:
@@ -205,27 +205,23 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, max_rows: 
 def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
     """``(block, missing, error)`` per block of one segment; ``error`` only with the last.
 
-    ``limits`` is ``(max_rows, max_bytes)``.
+    ``limits`` is ``(max_rows, max_bytes)``. Messages name the shard by ``url``.
     """
     if storage.is_url(url):
         # A stream cannot be memory-mapped: copy it to a local temporary file first
         # (the bytes a tar reader would stream through anyway), then walk that.
         with storage.spool(url, open_url) as local:
-            found = tarscan.scan(local, start, stop, exts, name=url)
-            if found is None:
-                yield from _tarfile_blocks(local, start, stop, exts, limits, storage.open_read, name=url)
-                return
-            yield from _scanned_blocks(found, limits)
-        return
-    found = scan_shard(url, start, stop, exts)
-    if found is None:
-        yield from _tarfile_blocks(url, start, stop, exts, limits, open_url)
-        return
-    yield from _scanned_blocks(found, limits)
+            yield from _file_blocks(local, start, stop, exts, limits, name=url)
+    else:
+        yield from _file_blocks(storage.local_path(url), start, stop, exts, limits, name=url)
 
 
-def _scanned_blocks(found, limits: tuple):
-    """:func:`_segment_blocks` from a compiled walk (a :class:`tarscan.ShardScan`)."""
+def _file_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str):
+    """:func:`_segment_blocks` of a local file: the compiled walk, else Python's tarfile."""
+    found = tarscan.scan(path, start, stop, exts, name=name) if tarscan.is_local(path) else None
+    if found is None:  # not a readable file, or headers the walk does not read
+        yield from _tarfile_blocks(path, start, stop, exts, limits, name=name)
+        return
     with found:
         for lo, hi in block_bounds(found.sizes(), *limits):
             keys, values, present = found.gather(lo, hi)
@@ -233,12 +229,6 @@ def _scanned_blocks(found, limits: tuple):
             # A fault can cut the last sample walked short: it is lost, not "missing".
             complete = hi - lo - 1 if last and found.error is not None else hi - lo
             yield (*_complete_rows(keys, values, present, complete), found.error if last else None)
-
-
-def scan_shard(url: str, start: int, stop: int, exts):
-    """The compiled walk of a local shard (:func:`tarscan.scan`), or None for the Python reader."""
-    path = storage.local_path(url)
-    return tarscan.scan(path, start, stop, exts) if tarscan.is_local(path) else None
 
 
 def _complete_rows(keys, values: dict, present: dict, checked: int):
@@ -268,9 +258,9 @@ def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None)
     return bounds or [(0, 0)]
 
 
-def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url,
+def _tarfile_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple,
                     name: str | None = None):
-    """:func:`_segment_blocks` through Python's tarfile (pax headers); errors name ``name`` (default ``url``)."""
+    """:func:`_segment_blocks` through Python's tarfile (pax headers); errors name ``name`` (default ``path``)."""
     max_rows, max_bytes = limits
     samples, error, held = [], None, 0
 
@@ -281,7 +271,7 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limi
         return _complete_rows(keys, values, present, checked)
 
     try:
-        for sample in _read_segment_tarfile(url, start, stop, frozenset(exts), open_url, name):
+        for sample in _read_segment_tarfile(path, start, stop, frozenset(exts), name):
             size = sum(len(sample[ext]) for ext in exts if ext in sample)
             if samples and max_bytes is not None and held + size > max_bytes:
                 yield (*block(len(samples)), None)
@@ -297,10 +287,12 @@ def _tarfile_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limi
         yield (*block(len(samples) - (error is not None)), error)
 
 
-def _read_segment_tarfile(url: str, start: int, stop: int, wanted: frozenset[str], open_url=storage.open_read,
-                          name: str | None = None):
-    stream = open_url(url)  # BioscanError naming the URL
-    url = name or url  # what the messages call the shard
+def _read_segment_tarfile(path: str, start: int, stop: int, wanted: frozenset[str], name: str | None = None):
+    url = name or path  # what the messages call the shard
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise BioscanError(f"cannot open shard {url}: {exc.strerror or exc}") from None
     index, key, sample = -1, None, None
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
@@ -529,7 +521,8 @@ class _Task:
                 except BioscanError as exc:
                     errors.handle(exc, 1)
                     bad.append(i)
-        good = [i for i in range(len(prepared)) if i not in set(bad)]
+        bad_rows = set(bad)
+        good = [i for i in range(len(prepared)) if i not in bad_rows]
         if not good:
             raise BioscanError(f"every image of a batch of {len(prepared)} was bad")
         index = good + [good[j % len(good)] for j in range(len(bad))]
@@ -576,8 +569,8 @@ class EpochStream(IterableDataset):
         # Batch-level stages: columns in, one batch out per slice of rows.
         stages = [
             lambda: iter(segments),
-            lambda segs: read_blocks(segs, urls, task.members, errors, self.block_rows, self.open_url,
-                                     DEFAULT_BLOCK_BYTES),
+            lambda segs: read_blocks(segs, urls, task.members, errors, max_rows=self.block_rows,
+                                     max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url),
             lambda blocks: parse_records(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),
             lambda blocks: block_batches(blocks, self.batch_size, rng),

@@ -171,7 +171,8 @@ def publish_split(local_out: Path, split_folder: str, url: str, storage_options:
     uploaded = 0
     try:
         for local, name, size in files:
-            uploaded += put(local, name, size) and size is not None
+            if put(local, name, size) and size is not None:  # a shard (size known) sent
+                uploaded += 1
     except BioscanError:
         raise
     except Exception as exc:
@@ -184,12 +185,16 @@ def publish_split(local_out: Path, split_folder: str, url: str, storage_options:
 def _fsspec_put(url: str, storage_options: dict | None):
     """``put(local, name, size)`` to an fsspec URL; False when a shard of that size is already there."""
     fs, base = _fs(url, storage_options)
+    made: set[str] = set()
 
     def put(local: Path, name: str, size: int | None) -> bool:
         target = posixpath.join(base, name)
         if size is not None and fs.exists(target) and fs.size(target) == size:
             return False
-        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        folder = posixpath.dirname(target)
+        if folder not in made:  # one request per folder, not per file
+            fs.makedirs(folder, exist_ok=True)
+            made.add(folder)
         fs.put_file(str(local), target)
         return True
 
