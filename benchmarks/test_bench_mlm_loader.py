@@ -27,8 +27,7 @@ import webdataset as wds
 from baselines import BarcodeBertStyle
 
 from bioscan_io.loader import make_loader
-from bioscan_io.shard import read_manifest
-from bioscan_io.tarscan import read_column
+from bioscan_io.format import read_manifest, read_members
 
 STRICT = os.environ.get("BIOSCAN_BENCH_STRICT", "") not in ("", "0")
 N_RECORDS = int(os.environ.get("BIOSCAN_BENCH_RECORDS", "4000"))
@@ -105,7 +104,7 @@ def test_bioscan_mlm_loader_with_workers(folder):
 
 
 def _scan_all(urls) -> int:
-    return sum(len(read_column(u, 0, c, "dna")[0]["dna"]) for u, c in urls)
+    return sum(len(read_members(u, 0, c, ("dna",))[1]["dna"]) for u, c in urls)
 
 
 def _stock_scan_all(urls) -> int:

@@ -27,7 +27,8 @@ import pytest
 
 from bioscan_io import synth
 from bioscan_io.schema import IMAGES_DIR
-from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.format import read_manifest
+from bioscan_io.shard import shard_split
 
 N_RECORDS = int(os.environ.get("BIOSCAN_BENCH_RECORDS", "4000"))
 RESULTS: dict[str, float] = {}

@@ -1,7 +1,9 @@
 """Command-line entry points: ``bioscan-shard`` and ``bioscan-io <command>``.
 
-Every error a user can cause ends the command with exit status 2 and one line on
-stderr naming the file, record or shard at fault.
+Each command is an entry of :data:`COMMANDS`: its help line, the function that
+adds its arguments, and the function that runs it. Every error a user can cause
+ends the command with exit status 2 and one line on stderr naming the file,
+record or shard at fault (one wrapper, :func:`_run`, for every command).
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
+from . import __version__
 from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError
+
+__all__ = ["COMMANDS", "main", "shard_main", "parse_size", "parse_options"]
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -42,20 +49,23 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _shard_parser(prog: str) -> argparse.ArgumentParser:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- shard
+
+
+def _shard_arguments(p: argparse.ArgumentParser) -> None:
     from .shard import DEFAULT_MAXCOUNT, DEFAULT_MAXSIZE
 
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Pack one split of BIOSCAN-5M (images, barcodes, metadata) into WebDataset tar shards.",
-    )
     p.add_argument("--root", help=f"dataset root holding bioscan5m/ (default: ${ROOT_ENV}, else the bundled demo data)")
     p.add_argument("--split", default="pretrain",
                    help="split, a+b union, seen, unseen, all or validation (default: pretrain)")
     p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default: {DEFAULT_PACKAGE})")
     p.add_argument("--out", default="shards",
-                   help="output folder, or an fsspec URL such as s3://bucket/shards; shards go to OUT/SPLIT/ "
-                        "(default: shards)")
+                   help="output folder, an fsspec URL such as s3://bucket/shards, or 'pipe:CMD {name}' (each file "
+                        "piped to CMD, {name} its path); shards go to OUT/SPLIT/ (default: shards)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of a remote --out's filesystem, e.g. endpoint_url=http://127.0.0.1:9000 "
                         "(repeatable; values parsed as JSON when they can be)")
@@ -73,57 +83,45 @@ def _shard_parser(prog: str) -> argparse.ArgumentParser:
                    help="shard records that have an image; list those without one in missing_images.txt")
     p.add_argument("--overwrite", action="store_true", help="replace shards of another run in the split folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
-def _run(prog: str, fn, args) -> int:
-    try:
-        fn(args)
-    except BioscanError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
-
-
-def _do_shard(args) -> None:
+def _shard(args) -> None:
     from .shard import shard_split
 
     summary = shard_split(
-        args.root,
-        args.split,
-        package=args.package,
-        out=args.out,
-        metadata=args.metadata,
-        images=args.images,
-        maxcount=args.maxcount,
-        maxsize=args.maxsize,
-        seed=args.seed,
-        workers=args.workers,
-        skip_missing=args.skip_missing,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        log=lambda msg: print(msg, file=sys.stderr),
+        args.root, args.split, package=args.package, out=args.out, metadata=args.metadata, images=args.images,
+        maxcount=args.maxcount, maxsize=args.maxsize, seed=args.seed, workers=args.workers,
+        skip_missing=args.skip_missing, overwrite=args.overwrite, progress=not args.no_progress, log=_stderr,
         storage_options=parse_options(args.storage_option),
     )
     print(summary.line())
 
 
-def shard_main(argv=None) -> int:
-    """``bioscan-shard``: shard one split of a dataset root."""
-    args = _shard_parser("bioscan-shard").parse_args(argv)
-    return _run("bioscan-shard", _do_shard, args)
+# ----------------------------------------------------------------------------- generate
 
 
-def _verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bioscan-io verify",
-        description="Check a split folder of shards: files against manifest.json, every sample readable and "
-                    "complete, every record of the metadata present once and unchanged. "
-                    "Exit status: 0 OK, 1 problems found, 2 usage error.",
-    )
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="dataset root folder (bioscan5m/ is written inside it)")
+    p.add_argument("--records", type=int, default=10_000, help="number of records (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default {DEFAULT_PACKAGE})")
+    p.add_argument("--workers", type=int, default=None, help="image worker processes (default: all CPUs)")
+    p.add_argument("--no-images", action="store_true", help="write the metadata only")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+
+
+def _generate(args) -> None:
+    from .synth import generate
+
+    ds = generate(args.root, n_records=args.records, seed=args.seed, package=args.package, workers=args.workers,
+                  images=not args.no_images, progress=args.progress)
+    print(ds.summary())
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="split folder holding manifest.json and the shards")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--root", help="dataset root whose metadata (and, with --images, images) to compare with "
@@ -132,39 +130,21 @@ def _verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", action="store_true", help="also compare every image byte for byte with its source file")
     p.add_argument("--json", action="store_true", help="print one JSON object (folder, ok, samples, shards, problems)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
-def verify_main(argv=None) -> int:
-    """``bioscan-io verify``: 0 when the shards are sound, 1 when problems were found, 2 on a usage error."""
-    import json
-
+def _verify(args) -> int:
     from .verify import verify_split
 
-    args = _verify_parser().parse_args(argv)
-    try:
-        report = verify_split(args.folder, root=args.root, metadata=args.metadata, images=args.images,
-                              progress=not args.no_progress)
-    except BioscanError as exc:
-        print(f"bioscan-io verify: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bioscan-io verify: interrupted", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(report.to_dict(), ensure_ascii=False))
-    else:
-        print("\n".join(report.lines()))
+    report = verify_split(args.folder, root=args.root, metadata=args.metadata, images=args.images,
+                          progress=not args.no_progress)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else "\n".join(report.lines()))
     return 0 if report.ok else 1
 
 
-def _peek_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bioscan-io peek",
-        description="Render the first samples of a shard as a contact-sheet PNG (image, processid, "
-                    "order/family/genus/species, barcode length) and print a summary of its split "
-                    "(records with a value and distinct values per rank, barcode length distribution).",
-    )
+# ----------------------------------------------------------------------------- peek
+
+
+def _peek_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="SHARD_OR_SPLIT",
                    help="a shard (.tar), or a split folder holding manifest.json (the sheet shows its first shard)")
     p.add_argument("-n", type=int, default=16, help="samples on the sheet (default: 16)")
@@ -176,11 +156,11 @@ def _peek_parser() -> argparse.ArgumentParser:
     only.add_argument("--no-sheet", action="store_true", help="only print the split summary")
     only.add_argument("--no-summary", action="store_true", help="only write the contact sheet")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
-def _do_peek(args) -> None:
-    from .peek import contact_sheet, split_summary, summary_folder
+def _peek(args) -> None:
+    from .peek import contact_sheet
+    from .summary import split_summary, summary_folder
 
     if not args.no_sheet:
         sheet = contact_sheet(args.path, n=args.n, columns=args.columns, thumb=args.thumb, out=args.out,
@@ -191,35 +171,81 @@ def _do_peek(args) -> None:
     if summary_folder(args.path) is None:
         if args.no_sheet:
             split_summary(args.path)  # raises: no manifest beside the shard
-        print(f"bioscan-io peek: no manifest.json beside {args.path}, so no split summary", file=sys.stderr)
+        _stderr(f"bioscan-io peek: no manifest.json beside {args.path}, so no split summary")
         return
     summary = split_summary(args.path, progress=not args.no_progress)
     print(("\n" if not args.no_sheet else "") + "\n".join(summary.lines()))
 
 
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, its arguments, and what runs it (returns the exit status, or None for 0)."""
+
+    help: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    interrupted: str = "interrupted"
+
+
+#: The subcommands of ``bioscan-io``, by name.
+COMMANDS = {
+    "shard": Command("pack a split into shards (same as bioscan-shard)",
+                     "Pack one split of BIOSCAN-5M (images, barcodes, metadata) into WebDataset tar shards.",
+                     _shard_arguments, _shard, "interrupted; rerun the same command to resume"),
+    "generate": Command("write a synthetic dataset in the official layout",
+                        "Write a synthetic BIOSCAN-5M-like dataset (metadata CSV, JSON-LD and JPEG images).",
+                        _generate_arguments, _generate),
+    "verify": Command("check a split folder of shards against its manifest and the metadata",
+                      "Check a split folder of shards: files against manifest.json, every sample readable and "
+                      "complete, every record of the metadata present once and unchanged. "
+                      "Exit status: 0 OK, 1 problems found, 2 usage error.",
+                      _verify_arguments, _verify),
+    "peek": Command("contact-sheet PNG of a shard's first samples, and a summary of its split",
+                    "Render the first samples of a shard as a contact-sheet PNG (image, processid, "
+                    "order/family/genus/species, barcode length) and print a summary of its split "
+                    "(records with a value and distinct values per rank, barcode length distribution).",
+                    _peek_arguments, _peek),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bioscan-io", description="WebDataset shards and loaders for BIOSCAN-5M.")
+    p.add_argument("--version", action="version", version=f"bioscan-io {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.description))
+    return p
+
+
+def _run(prog: str, command: Command, args: argparse.Namespace) -> int:
+    """Run a command: its own exit status, 2 and one line on any user error, 130 on Ctrl-C."""
+    try:
+        return command.run(args) or 0
+    except BioscanError as exc:
+        _stderr(f"{prog}: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _stderr(f"{prog}: {command.interrupted}")
+        return 130
+
+
 def main(argv=None) -> int:
     """``bioscan-io <command>``: ``shard`` (as bioscan-shard), ``generate``, ``verify`` or ``peek``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"shard": "pack a split into shards (same as bioscan-shard)",
-                "generate": "write a synthetic dataset in the official layout",
-                "verify": "check a split folder of shards against its manifest and the metadata",
-                "peek": "contact-sheet PNG of a shard's first samples, and a summary of its split"}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: bioscan-io {" + ",".join(commands) + "} ...\n", file=sys.stderr)
-        for name, text in commands.items():
-            print(f"  {name:10s} {text}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    command, rest = argv[0], argv[1:]
-    if command == "shard":
-        args = _shard_parser("bioscan-io shard").parse_args(rest)
-        return _run("bioscan-io shard", _do_shard, args)
-    if command == "verify":
-        return verify_main(rest)
-    if command == "peek":
-        return _run("bioscan-io peek", _do_peek, _peek_parser().parse_args(rest))
-    from .synth import generate_main
+    args = _parser().parse_args(argv)
+    return _run(f"bioscan-io {args.command}", COMMANDS[args.command], args)
 
-    return generate_main(rest)
+
+def shard_main(argv=None) -> int:
+    """``bioscan-shard``: shard one split of a dataset root."""
+    command = COMMANDS["shard"]
+    p = argparse.ArgumentParser(prog="bioscan-shard", description=command.description)
+    p.add_argument("--version", action="version", version=f"bioscan-shard {__version__}")
+    command.arguments(p)
+    return _run("bioscan-shard", command, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from . import _pillow
 from .schema import RGB_MEAN, RGB_STD, BioscanError
 
 _BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
@@ -131,7 +132,7 @@ def has_eoi(data: bytes) -> bool:
 def _check_size(size: tuple[int, int], where: str) -> None:
     """PIL's decompression-bomb check, as ``Image.open`` makes it."""
     try:
-        Image._decompression_bomb_check(size)
+        _pillow.bomb_check(size)
     except Image.DecompressionBombError as exc:
         raise BioscanError(f"corrupt image {where}: {exc}") from None
 
@@ -139,37 +140,17 @@ def _check_size(size: tuple[int, int], where: str) -> None:
 def _jpeg_rows(data: bytes, size: tuple[int, int], rows: int | None, scale: int = 1) -> Image.Image | None:
     """The first ``rows`` rows of an RGB JPEG at ``1/scale``; None sends it to PIL's general path.
 
-    ``size`` is the image's (from :func:`_jpeg_header`). Drives PIL's own libjpeg
-    decoder, with the arguments ``ImageFile.load`` gives it, on a new image of
-    just those rows. libjpeg reports stopping before the last row as an error at
-    its end-of-image check; that is expected here, so the result is trusted only
-    if the file ends with an EOI marker (a truncated file takes the general
+    ``size`` is the image's (from :func:`_jpeg_header`); ``rows=None`` decodes
+    every row. Pillow's own libjpeg decoder is driven directly, on a new image of
+    just those rows (:func:`bioscan_io._pillow.jpeg_rows`, where the private
+    Pillow calls live, with their public-API fallback). The result is trusted
+    only if the file ends with an EOI marker (a truncated file takes the general
     path, which raises, so a damaged image fails whatever its crop) and the
-    last row, zeroed before, is not all zero afterwards (an early decoder error
-    would leave it so; the general path then decides, as it does for a row that
-    is black in the image). ``rows=None`` decodes every row.
+    decoder did not stop early; when in doubt, the general path decides.
     """
     if not has_eoi(data):  # no EOI at the end: truncated, or data after it
         return None
-    w, h = -(-size[0] // scale), -(-size[1] // scale)
-    rows = h if rows is None else max(1, min(h, int(rows)))
-    core = Image.core.new("RGB", (w, rows))
-    core.paste((0, 0, 0), (0, rows - 1, w, rows))  # the sentinel row
-    try:
-        decoder = Image._getdecoder("RGB", "jpeg", ("RGB", ""), (scale, 0) if scale > 1 else ())
-        try:
-            decoder.setimage(core, (0, 0, w, rows))
-            n, err = decoder.decode(data)
-        finally:
-            decoder.cleanup()
-    except Exception:
-        return None
-    if n >= 0 or (rows == h and err != 0):  # wants more data (truncated), or failed
-        return None
-    out = Image.Image()._new(core)
-    if rows < h and (err not in (0, -2) or out.crop((0, rows - 1, w, rows)).getbbox() is None):
-        return None
-    return out
+    return _pillow.jpeg_rows(data, size, rows, scale)
 
 
 def decode(data: bytes, where: str = "") -> Image.Image:

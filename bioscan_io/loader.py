@@ -11,55 +11,39 @@ of rows (Arrow columns): no Python object per sample is made but the ids
       -> batches (each block permuted once, cut into slices; training only)
       -> collate (one tokenizer call per batch; images decoded into the batch)
 
-Batches are dicts of torch tensors, plus lists of strings for ids and text:
-
-=========  ===================================================================
-task       keys
-=========  ===================================================================
-mlm        processid, input_ids, attention_mask, labels
-classify   processid, label, and input_ids + attention_mask (``modality="dna"``)
-           or image (``modality="image"``)
-clip       processid, image, input_ids, attention_mask, text
-embed      processid, ``<rank>_index`` for every rank, and input_ids +
-           attention_mask and/or image (``modality``)
-=========  ===================================================================
+Batches are dicts of torch tensors, plus lists of strings for ids and text;
+what each task puts in them is :mod:`bioscan_io.tasks`'s table.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import multiprocessing
 import posixpath
-import random
-import re
-import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed as dist_plan
-from . import images as im
-from . import storage, tarscan
-from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
-from .tokenizer import KmerTokenizer
+from . import storage
+from .format import LABELS, MANIFEST, TarReader, local_blocks, parse_manifest, parse_records, read_labels
+from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
+from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 
-TASKS = ("mlm", "classify", "clip", "embed")
+__all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "ErrorPolicy", "read_blocks",
+           "add_record_columns", "refill_blocks", "block_batches", "DEFAULT_IMAGE_BLOCK", "DEFAULT_BLOCK_BYTES"]
+
 log = logging.getLogger("bioscan_io")
-MANIFEST = "manifest.json"
 #: Default block of samples read and shuffled together for tasks with images.
 DEFAULT_IMAGE_BLOCK = 1000
 #: Most payload bytes a worker reads into one block (large images: fewer samples a block).
 DEFAULT_BLOCK_BYTES = 256 << 20
-LABELS = "labels.json"
 
 
 # ----------------------------------------------------------------------------- shard lists
@@ -106,13 +90,8 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
     if manifest_url is None:
         manifest_url = storage.join(storage.dirname(listed[0]), MANIFEST)
     text = storage.read_text(manifest_url, storage_options)
-    manifest = None
-    if text is not None:
-        try:
-            manifest = json.loads(text)
-        except ValueError as exc:
-            raise BioscanError(f"unreadable shard manifest {manifest_url}: {exc}") from None
-    elif listed is None:
+    manifest = parse_manifest(text, manifest_url) if text is not None else None
+    if manifest is None and listed is None:
         raise BioscanError(f"no shard manifest at {manifest_url}")
 
     base = storage.dirname(manifest_url)
@@ -127,30 +106,21 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
         counts = [by_name[n] for n in names]
     else:
         counts = [_count_local(u) for u in listed]
-    labels_text = storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options)
-    labels = json.loads(labels_text)["ranks"] if labels_text else None
+    labels = read_labels(storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options))
     return ShardSet(listed, counts, labels)
 
 
 def _count_local(url: str) -> int:
     if storage.is_url(url) or not Path(url).is_file():
         raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
-    keys = set()
-    with tarfile.open(url) as tar:
-        for info in tar:
-            keys.add(_split_name(info.name)[0])
-    return len(keys)
+    reader = TarReader(url)
+    count = sum(1 for _ in reader.samples(exts=frozenset()))
+    if reader.error() is not None:
+        raise reader.error()
+    return count
 
 
 # ----------------------------------------------------------------------------- stages
-
-_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/extension rule
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    m = _NAME.match(name)
-    return (m.group(1), m.group(2)) if m else (name, "")
-
 
 class ErrorPolicy:
     """What the stages do with a bad sample or shard: raise (default) or skip and count.
@@ -203,131 +173,25 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, *, max_row
 
 
 def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
-    """``(block, missing, error)`` per block of one segment; ``error`` only with the last.
+    """``format.local_blocks`` of one segment; a remote shard is first copied to a local temporary file.
 
-    ``limits`` is ``(max_rows, max_bytes)``. Messages name the shard by ``url``.
+    A stream cannot be memory-mapped; the copy costs the bytes a tar reader would
+    stream through anyway. Messages name the shard by ``url``.
     """
     if storage.is_url(url):
-        # A stream cannot be memory-mapped: copy it to a local temporary file first
-        # (the bytes a tar reader would stream through anyway), then walk that.
         with storage.spool(url, open_url) as local:
-            yield from _file_blocks(local, start, stop, exts, limits, name=url)
+            yield from local_blocks(local, start, stop, exts, *limits, name=url)
     else:
-        yield from _file_blocks(storage.local_path(url), start, stop, exts, limits, name=url)
+        yield from local_blocks(storage.local_path(url), start, stop, exts, *limits, name=url)
 
 
-def _file_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str):
-    """:func:`_segment_blocks` of a local file: the compiled walk, else Python's tarfile."""
-    found = tarscan.scan(path, start, stop, exts, name=name) if tarscan.is_local(path) else None
-    if found is None:  # not a readable file, or headers the walk does not read
-        yield from _tarfile_blocks(path, start, stop, exts, limits, name=name)
-        return
-    with found:
-        for lo, hi in block_bounds(found.sizes(), *limits):
-            keys, values, present = found.gather(lo, hi)
-            last = hi == found.n
-            # A fault can cut the last sample walked short: it is lost, not "missing".
-            complete = hi - lo - 1 if last and found.error is not None else hi - lo
-            yield (*_complete_rows(keys, values, present, complete), found.error if last else None)
-
-
-def _complete_rows(keys, values: dict, present: dict, checked: int):
-    """Keep the samples that have every member; name the missing ones among the first ``checked``."""
-    have = np.logical_and.reduce([present[ext] for ext in values])
-    if have.all():
-        return {"__key__": keys, **values}, []
-    pids = keys.to_pylist()
-    missing = [(pids[i], next(ext for ext in values if not present[ext][i]))
-               for i in np.flatnonzero(~have[:max(checked, 0)])]
-    mask = pa.array(have)
-    return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
-
-
-def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
-    """``(lo, hi)`` row ranges of at most ``max_rows`` rows and ``max_bytes`` (at least one row each)."""
-    n = len(sizes)
-    ends = np.cumsum(sizes)
-    bounds, lo = [], 0
-    while lo < n:
-        hi = n if max_rows is None else min(n, lo + max_rows)
-        if max_bytes is not None:
-            before = ends[lo - 1] if lo else 0
-            hi = max(lo + 1, min(hi, int(np.searchsorted(ends, before + max_bytes, side="right"))))
-        bounds.append((lo, hi))
-        lo = hi
-    return bounds or [(0, 0)]
-
-
-def _tarfile_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple,
-                    name: str | None = None):
-    """:func:`_segment_blocks` through Python's tarfile (pax headers); errors name ``name`` (default ``path``)."""
-    max_rows, max_bytes = limits
-    samples, error, held = [], None, 0
-
-    def block(checked):
-        keys = pa.array([s["__key__"] for s in samples], pa.large_string())
-        values = {ext: pa.array([s.get(ext) for s in samples], pa.large_binary()) for ext in exts}
-        present = {ext: np.array([ext in s for s in samples], bool) for ext in exts}
-        return _complete_rows(keys, values, present, checked)
-
-    try:
-        for sample in _read_segment_tarfile(path, start, stop, frozenset(exts), name):
-            size = sum(len(sample[ext]) for ext in exts if ext in sample)
-            if samples and max_bytes is not None and held + size > max_bytes:
-                yield (*block(len(samples)), None)
-                samples, held = [], 0
-            samples.append(sample)
-            held += size
-            if max_rows and len(samples) == max_rows:
-                yield (*block(len(samples)), None)
-                samples, held = [], 0
-    except BioscanError as exc:
-        error = exc
-    if samples or error is not None:
-        yield (*block(len(samples) - (error is not None)), error)
-
-
-def _read_segment_tarfile(path: str, start: int, stop: int, wanted: frozenset[str], name: str | None = None):
-    url = name or path  # what the messages call the shard
-    try:
-        stream = open(path, "rb")
-    except OSError as exc:
-        raise BioscanError(f"cannot open shard {url}: {exc.strerror or exc}") from None
-    index, key, sample = -1, None, None
-    try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
-        for info in tar:
-            if not info.isreg():
-                continue
-            name_key, ext = _split_name(info.name)
-            if name_key != key:
-                if sample is not None and index >= start:
-                    yield sample
-                index, key = index + 1, name_key
-                if index >= stop:
-                    return
-                sample = {"__key__": key}
-            if index >= start and ext in wanted:
-                sample[ext] = tar.extractfile(info).read()
-            tar.members = []  # stream mode: keep memory flat
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        where = f" after sample {key}" if key else ""
-        raise BioscanError(f"shard {url}: corrupt or truncated tar{where}: {exc}") from None
-    finally:
-        stream.close()
-    if sample is not None and start <= index < stop:
-        yield sample
-    if index + 1 < stop:
-        raise BioscanError(f"shard {url} ends after sample {index + 1}; expected at least {stop} samples")
-
-
-def parse_records(blocks, task: "_Task", urls: list[str], errors: ErrorPolicy):
+def add_record_columns(blocks, task: Task, urls: list[str], errors: ErrorPolicy):
     """Replace each block's ``.json`` column by the columns the task needs (labels, text)."""
     for block in blocks:
         if "json" not in block:
             yield block
             continue
-        table, bad = tarscan.parse_json(block["json"], task.record_fields)
+        table, bad = parse_records(block["json"], task.record_fields)
         if bad:
             keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
             for i, message in bad:
@@ -388,151 +252,10 @@ def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
         yield leftover
 
 
-def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:
-    """Per-sample generator: augmentation depends on (seed, epoch, processid) only."""
-    digest = hashlib.blake2b(f"{seed}|{epoch}|{key}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "little"))
-
-
-@dataclass
-class _Task:
-    """What a task reads from each sample and how it makes a batch of a block of rows."""
-
-    name: str
-    modalities: tuple[str, ...]
-    train: bool
-    seed: int
-    tokenizer: KmerTokenizer
-    mask_prob: float = 0.5
-    label_mode: str = "masked"
-    random_offset: bool = False
-    token_dtype: torch.dtype = torch.int64
-    label_rank: str = "species"
-    labels: dict | None = None
-    image_size: int = 224
-    resize: int = 256
-    image_dtype: str = "uint8"
-    hflip: bool = True
-    vflip: bool = False
-    _values: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.labels is not None:
-            self._values = {r: pa.array(vals, pa.string()) for r, vals in self.labels.items()}
-
-    @functools.cached_property
-    def members(self) -> frozenset[str]:
-        wanted = set()
-        if "dna" in self.modalities:
-            wanted.add("dna")
-        if "image" in self.modalities:
-            wanted.add("jpg")
-        if self.name != "mlm":
-            wanted.add("json")
-        return frozenset(wanted)
-
-    @property
-    def record_fields(self) -> tuple[str, ...]:
-        """The fields of the ``.json`` record the batches need."""
-        return {"classify": (self.label_rank,), "clip": TEXT_RANKS, "embed": RANKS}.get(self.name, ())
-
-    def record_columns(self, table: pa.Table) -> dict:
-        """Label indices (per labels.json; -1 for a missing or unknown name) or CLIP text, as columns."""
-        if self.name == "classify":
-            return {"label": self._label_index(table, self.label_rank)}
-        if self.name == "embed":
-            return {f"{rank}_index": self._label_index(table, rank) for rank in RANKS}
-        if self.name == "clip":
-            parts = [pc.if_else(pc.fill_null(pc.equal(table[r], ""), True), MISSING_RANK_TEXT, table[r])
-                     for r in TEXT_RANKS]
-            return {"text": pc.binary_join_element_wise(*parts, " ").combine_chunks()}
-        return {}
-
-    def _label_index(self, table: pa.Table, rank: str) -> pa.Array:
-        found = pc.index_in(table[rank], value_set=self._values[rank])
-        return pc.fill_null(found, MISSING_LABEL).cast(pa.int64()).combine_chunks()
-
-    @property
-    def np_dtype(self):
-        return np.int64 if self.token_dtype == torch.int64 else np.int32
-
-    def collate(self, block: dict, epoch: int, urls: list[str], errors: ErrorPolicy) -> dict:
-        """A batch from a block of rows: one tokenizer call, images decoded straight into the batch."""
-        keys = block["__key__"].to_pylist()
-        batch: dict = {"processid": keys}
-        if "image" in self.modalities:
-            batch["image"], index = self._images(block, keys, epoch, urls, errors)
-            if index is not None:  # bad images skipped: good samples of the batch stand in
-                block = {k: v.take(pa.array(index)) for k, v in block.items()}
-                batch["processid"] = block["__key__"].to_pylist()
-        if self.name == "mlm":
-            # One storage for the three tensors: a worker hands the batch over in one
-            # shared-memory segment instead of three.
-            out = np.empty((3, len(keys), self.tokenizer.n_tokens), dtype=self.np_dtype)
-            self.tokenizer.encode_mlm(
-                block["dna"], block["__key__"], seed=self.seed, epoch=epoch,
-                mask_prob=self.mask_prob, label_mode=self.label_mode,
-                random_offset=self.random_offset, out=(out[0], out[1], out[2]),
-            )
-            batch["input_ids"], batch["attention_mask"], batch["labels"] = torch.from_numpy(out)
-        elif "dna" in self.modalities:
-            batch["input_ids"], batch["attention_mask"] = self.tokenizer.encode(
-                block["dna"], return_tensors="pt", dtype=self.np_dtype)
-        names = [name for name in ("label", *(f"{rank}_index" for rank in RANKS)) if name in block]
-        if names:  # one storage for all label columns (one shared-memory segment from a worker)
-            labels = torch.from_numpy(np.stack([block[name].to_numpy() for name in names]))
-            batch.update(zip(names, labels))
-        if "text" in block:
-            batch["text"] = block["text"].to_pylist()
-        return batch
-
-    def _images(self, block: dict, keys: list[str], epoch: int, urls: list[str], errors: ErrorPolicy):
-        """The batch's image tensor, and the row order when bad images were skipped (else None).
-
-        Each image's crop and flips are drawn from its own generator, then the
-        pixels are made inside ``im.stack``. Damage the header shows raises here;
-        damage only the decoder sees raises while stacking, and under the skip
-        policy each image is then decoded alone to find the bad ones.
-        """
-        shards = block["__shard__"].to_numpy()
-        prepared, bad = [], []
-        for i, data in enumerate(block["jpg"].to_pylist()):
-            where = f"{urls[shards[i]]}: {keys[i]}.jpg"
-            try:
-                if self.train:
-                    rng = _sample_rng(self.seed, epoch, keys[i])
-                    prepared.append(im.decode_train(data, self.image_size, rng, hflip=self.hflip,
-                                                    vflip=self.vflip, where=where))
-                else:
-                    prepared.append(im.decode_eval(data, self.image_size, self.resize, where=where))
-            except BioscanError as exc:
-                errors.handle(exc, 1)
-                bad.append(i)
-                prepared.append(None)
-        if not bad:
-            try:
-                return im.stack(prepared, self.image_dtype), None
-            except BioscanError:
-                if errors.mode == "raise":
-                    raise
-            for i, image in enumerate(prepared):
-                try:
-                    image.load()
-                except BioscanError as exc:
-                    errors.handle(exc, 1)
-                    bad.append(i)
-        bad_rows = set(bad)
-        good = [i for i in range(len(prepared)) if i not in bad_rows]
-        if not good:
-            raise BioscanError(f"every image of a batch of {len(prepared)} was bad")
-        index = good + [good[j % len(good)] for j in range(len(bad))]
-        return im.stack([prepared[i] for i in index], self.image_dtype), index
-
-
 class EpochStream(IterableDataset):
     """One rank's batches for the current epoch; each DataLoader worker runs its share."""
 
-    def __init__(self, shards: ShardSet, task: _Task, *, batch_size: int, drop_last: bool, pad: bool,
+    def __init__(self, shards: ShardSet, task: Task, *, batch_size: int, drop_last: bool, pad: bool,
                  shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int, epoch,
                  on_error: str = "raise", storage_options: dict | None = None):
         self.shards, self.task = shards, task
@@ -571,7 +294,7 @@ class EpochStream(IterableDataset):
             lambda: iter(segments),
             lambda segs: read_blocks(segs, urls, task.members, errors, max_rows=self.block_rows,
                                      max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url),
-            lambda blocks: parse_records(blocks, task, urls, errors),
+            lambda blocks: add_record_columns(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),
             lambda blocks: block_batches(blocks, self.batch_size, rng),
             lambda batches: (task.collate(block, epoch, urls, errors) for block in batches),
@@ -735,30 +458,28 @@ def make_loader(
         raise BioscanError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
     if on_error not in ("raise", "skip"):
         raise BioscanError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    modalities = _modalities(task, modality)
+    spec = TASKS[task]
+    modalities = choose_modalities(task, modality)
     shards = find_shards(urls, storage_options)
-    if task in ("classify", "embed") and shards.labels is None:
+    if spec.needs_labels and shards.labels is None:
         raise BioscanError(f"task {task!r} needs labels.json beside the split folder of {shards.urls[0]}")
     if task == "classify" and label_rank not in RANKS:
         raise BioscanError(f"unknown label_rank {label_rank!r}; ranks are {', '.join(RANKS)}")
-    if train is None:
-        train = task != "embed"
-    if pad is None:
-        pad = task != "embed"
-    if shuffle is None:
-        shuffle = train
+    train = spec.train if train is None else train
+    pad = spec.pad if pad is None else pad
+    shuffle = train if shuffle is None else shuffle
     if rank is None or world_size is None:
         rank, world_size = dist_plan.world_info()
     if not 0 <= rank < world_size:
         raise BioscanError(f"rank {rank} is outside world size {world_size}")
-    spec = _Task(
-        task, modalities, train, seed, KmerTokenizer(k=k, max_len=max_len, n_as_base=n_as_base),
-        mask_prob=mask_prob, label_mode=label_mode, random_offset=random_offset, token_dtype=token_dtype,
-        label_rank=label_rank, labels=shards.labels, image_size=image_size, resize=resize,
-        image_dtype=image_dtype, hflip=hflip, vflip=vflip,
+    bound = Task(
+        task, modalities, train, seed,
+        tokens=TokenizerConfig(k, max_len, n_as_base, mask_prob, label_mode, random_offset, token_dtype),
+        images=ImageConfig(image_size, resize, image_dtype, hflip, vflip), label_rank=label_rank,
+        labels=shards.labels,
     )
     shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
-    dataset = EpochStream(shards, spec, batch_size=batch_size, drop_last=drop_last, pad=pad,
+    dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad,
                           shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
                           world_size=world_size, epoch=shared_epoch, on_error=on_error,
                           storage_options=storage_options)
@@ -776,14 +497,3 @@ def make_loader(
 def _as_is(batch: dict) -> dict:
     """The stages already collate; torch's default_convert would walk every id string."""
     return batch
-
-
-def _modalities(task: str, modality) -> tuple[str, ...]:
-    defaults = {"mlm": ("dna",), "classify": ("dna",), "clip": ("image", "dna"), "embed": ("dna", "image")}
-    if modality is None or task in ("mlm", "clip"):
-        return defaults[task]
-    chosen = (modality,) if isinstance(modality, str) else tuple(modality)
-    bad = [m for m in chosen if m not in ("dna", "image")]
-    if bad or not chosen or (task == "classify" and len(chosen) != 1):
-        raise BioscanError(f"modality for {task!r} must be {'one of' if task == 'classify' else 'any of'} 'dna', 'image'; got {modality!r}")
-    return chosen

@@ -26,12 +26,17 @@ import pyarrow.csv as pacsv
 from .schema import (
     COLUMN_KINDS,
     COLUMNS,
+    METADATA_CSV,
+    METADATA_JSONLD,
     NA_VALUES,
     MISSING_LABEL,
     RANKS,
     SPLITS,
     BioscanError,
 )
+
+__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "file_sha256", "cache_path", "open_cached",
+           "label_values", "label_indices"]
 
 _ARROW_TYPES = {
     "str": pa.string(),
@@ -269,3 +274,17 @@ def label_indices(values: list[str], column) -> np.ndarray:
         column = pa.array(column, type=pa.string())
     idx = pc.index_in(column, value_set=pa.array(values, type=pa.string()))
     return pc.fill_null(idx, MISSING_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def find_metadata(root: Path) -> Path:
+    """The metadata file under a root: the CSV, else its JSON-LD twin."""
+    for rel in (METADATA_CSV, METADATA_JSONLD):
+        if (root / rel).is_file():
+            return root / rel
+    raise BioscanError(f"no metadata under dataset root {root}: expected {root / METADATA_CSV}")
+
+
+def select_rows(table: pa.Table, splits: tuple[str, ...]) -> np.ndarray:
+    """Row numbers of the records of ``splits``, in file order."""
+    mask = pc.is_in(table.column("split"), value_set=pa.array(splits))
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int64)

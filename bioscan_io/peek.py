@@ -1,18 +1,10 @@
-"""``bioscan-io peek``: look at shards before training on them.
+"""``bioscan-io peek``: a contact sheet of a shard's first samples.
 
-Two views of the shards :func:`bioscan_io.shard.shard_split` writes:
-
-* :func:`contact_sheet` renders the first N samples of a shard (or of a split
-  folder's first shard) as a grid PNG, one tile per sample: the image (aspect
-  kept), its processid, order / family / genus / species (a missing rank reads
-  "not classified") and the barcode length in bp, with its count of ``N``.
-* :func:`split_summary` reads the ``.json`` and ``.dna`` members of every
-  sample of a split folder with the compiled header walk
-  (:mod:`bioscan_io.tarscan`; images are jumped over, never read or decoded)
-  and counts, per rank, the records with a value and the distinct values, and
-  the distribution of barcode lengths.
-
-Both read local shards only.
+:func:`contact_sheet` renders the first N samples of a shard (or of a split
+folder's first shard) as a grid PNG, one tile per sample: the image (aspect
+kept), its processid, order / family / genus / species (a missing rank reads
+"not classified") and the barcode length in bp, with its count of ``N``. The
+command also prints :func:`bioscan_io.summary.split_summary`. Local shards only.
 """
 
 from __future__ import annotations
@@ -20,43 +12,23 @@ from __future__ import annotations
 import io
 import json
 import math
-import mmap
 import os
-import sys
-import tarfile
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from tqdm import tqdm
 
-from . import _tar, tarscan
-from .schema import MAX_NUCLEOTIDES, RANKS, SPLITS, TEXT_RANKS, BioscanError
-from .shard import MANIFEST, read_manifest
-from .verify import split_member_name
+from . import atomic
+from .format import MANIFEST, MEMBERS, ShortShard, listed_shards, read_members, split_folder_of
+from .schema import MAX_NUCLEOTIDES, TEXT_RANKS, BioscanError
+
+__all__ = ["MISSING_TEXT", "ContactSheet", "contact_sheet", "tile_lines"]
 
 #: What a tile shows for a rank with no value.
 MISSING_TEXT = "not classified"
-#: Percentiles of the barcode length the summary prints.
-PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-#: Bins of the barcode length histogram: (label, lowest, highest) in bp. 658 bp
-#: is the full COI-5P barcode; models read the first 660 (MAX_NUCLEOTIDES).
-LENGTH_BINS = (
-    ("1-499", 1, 499),
-    ("500-649", 500, 649),
-    ("650-657", 650, 657),
-    ("658", 658, 658),
-    (f"659-{MAX_NUCLEOTIDES}", 659, MAX_NUCLEOTIDES),
-    (f"{MAX_NUCLEOTIDES + 1}+", MAX_NUCLEOTIDES + 1, sys.maxsize),
-)
 
-# Sheet layout, in pixels.
 _MARGIN = 12
 _GAP = 10
 _PAD = 6
@@ -71,32 +43,8 @@ _INK = (25, 25, 25)
 _LABEL = (110, 110, 110)
 _MISSING = (150, 150, 150)
 _WARN = (190, 30, 30)
-_MEMBERS = ("jpg", "json", "dna")
-
 
 # ----------------------------------------------------------------------------- reading shards
-
-
-def _entries(manifest, where: Path) -> list[dict]:
-    """The shard entries of a manifest (name and count checked), or a BioscanError naming it."""
-    shards = manifest.get("shards") if isinstance(manifest, dict) else None
-    if not isinstance(shards, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("count"), int)
-        and not isinstance(e.get("count"), bool) and e["count"] >= 0 for e in shards
-    ):
-        raise BioscanError(f"malformed shard manifest {where}: 'shards' must list objects with a name and a count")
-    if not shards:
-        raise BioscanError(f"shard manifest {where} lists no shards")
-    return shards
-
-
-def _split_folder(path: Path) -> Path | None:
-    """The split folder a path stands for: itself, its manifest's folder; None for a shard file."""
-    if path.is_dir():
-        return path
-    if path.name == MANIFEST:
-        return path.parent
-    return None
 
 
 def _first_shard(path) -> tuple[Path, int | None]:
@@ -104,10 +52,9 @@ def _first_shard(path) -> tuple[Path, int | None]:
     path = Path(path)
     if not path.exists():
         raise BioscanError(f"no shard or split folder at {path}")
-    folder = _split_folder(path)
+    folder = split_folder_of(path)
     if folder is not None:
-        manifest = read_manifest(folder)
-        first = _entries(manifest, folder / MANIFEST)[0]
+        first = listed_shards(folder)[1][0]
         shard = folder / first["name"]
         if not shard.is_file():
             raise BioscanError(f"shard {shard} (listed first in {folder / MANIFEST}) is missing")
@@ -116,90 +63,28 @@ def _first_shard(path) -> tuple[Path, int | None]:
         raise BioscanError(f"not a shard or a split folder: {path}")
     count = None
     try:  # the count is only for the sheet's title: a shard needs no manifest to be peeked at
-        manifest = read_manifest(path.parent)
-        count = next((e["count"] for e in _entries(manifest, path.parent / MANIFEST) if e["name"] == path.name), None)
+        count = next((e["count"] for e in listed_shards(path.parent)[1] if e["name"] == path.name), None)
     except BioscanError:
         pass
     return path, count
 
 
-def _count_samples(path: Path, limit: int) -> int | None:
-    """How many of the first ``limit`` samples a local shard holds (compiled header walk).
-
-    Returns None when the shard has headers the compiled walk does not read (pax,
-    GNU long names): the caller then reads it with ``tarfile``.
-
-    Raises
-    ------
-    BioscanError
-        If the file is not a tar archive, holds no sample, or is corrupt or
-        truncated before sample ``limit``.
-    """
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                raise BioscanError(f"shard {path} is empty")
-            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-    except OSError as exc:
-        raise BioscanError(f"cannot read shard {path}: {exc.strerror or exc}") from None
-    buf = np.frombuffer(mm, dtype=np.uint8)
-    try:
-        rows = np.empty((limit, 4), dtype=np.int64)
-        got, status, offset = _tar.scan(buf, 0, limit, np.frombuffer(b"json", dtype=np.uint8), rows)
-    finally:
-        del buf  # release the map's buffer, so that it can close
-        mm.close()
-    if status == tarscan.UNSUPPORTED:
-        return None
-    if status != 0:
-        what = _tar.STATUS[status]
-        if offset == 0:
-            raise BioscanError(f"{path} is not a tar shard ({what} at byte 0)")
-        raise BioscanError(f"shard {path} is corrupt or truncated: {what} at byte {offset}")
-    if got == 0:
-        raise BioscanError(f"shard {path} holds no samples")
-    return int(got)
-
-
-def _read_tarfile(path: Path, limit: int | None, exts) -> list[dict]:
-    """The first ``limit`` samples (all if None) of a shard, read by Python's ``tarfile``.
-
-    For shards the compiled walk does not read (pax or GNU long-name headers).
-    """
-    samples: list[dict] = []
-    try:
-        with tarfile.open(path, mode="r|") as tar:
-            for info in tar:
-                tar.members = []  # stream mode: keep memory flat
-                if not info.isfile():
-                    continue
-                key, ext = split_member_name(info.name)
-                if not samples or samples[-1]["__key__"] != key:
-                    if limit is not None and len(samples) == limit:
-                        break
-                    samples.append({"__key__": key})
-                if ext in exts:
-                    samples[-1][ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        where = f" after sample {samples[-1]['__key__']}" if samples else ""
-        raise BioscanError(f"shard {path} is corrupt or truncated{where}: {exc}") from None
-    if not samples:
-        raise BioscanError(f"shard {path} holds no samples")
-    return samples
-
-
 def _read_samples(path: Path, n: int) -> list[dict]:
-    """The first ``n`` samples of a shard (fewer if it is shorter) as dicts of member bytes."""
-    count = _count_samples(path, n)
-    found = tarscan.read_members(str(path), 0, count, _MEMBERS) if count is not None else None
-    if found is None:
-        return _read_tarfile(path, n, _MEMBERS)
-    keys, values, present, error = found
-    if error is not None:
-        raise error
-    columns = {ext: values[ext].to_pylist() for ext in _MEMBERS}
+    """The first ``n`` samples of a shard (fewer if it is shorter) as dicts of member bytes.
+
+    A sample lacking a member is kept (its tile says so); a fault among the
+    first ``n`` samples raises, naming the shard.
+    """
+    keys, values, present, error = read_members(str(path), 0, n, MEMBERS)
+    if error is not None and not isinstance(error, ShortShard):
+        if not len(keys):
+            raise error  # says what the file is: empty, not a tar shard...
+        raise BioscanError(f"shard {path} is corrupt or truncated: {error.detail}")
+    if not len(keys):
+        raise BioscanError(f"shard {path} holds no samples")
+    columns = {ext: values[ext].to_pylist() for ext in MEMBERS}
     return [
-        {"__key__": key, **{ext: columns[ext][i] for ext in _MEMBERS if present[ext][i]}}
+        {"__key__": key, **{ext: columns[ext][i] for ext in MEMBERS if present[ext][i]}}
         for i, key in enumerate(keys.to_pylist())
     ]
 
@@ -519,236 +404,11 @@ def contact_sheet(shard_or_split, n: int = 16, columns: int = 4, thumb: int = 19
         result.path = str(out)
     return result
 
-
 def _save_png(image: Image.Image, path: Path) -> None:
     if not path.parent.is_dir():
         raise BioscanError(f"cannot write {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        image.save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            image.save(tmp, format="PNG", optimize=True)
     except OSError as exc:
         raise BioscanError(f"cannot write {path}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-# ----------------------------------------------------------------------------- the split summary
-
-
-@dataclass
-class SplitSummary:
-    """Counts over every sample of a split folder (what :func:`split_summary` returns).
-
-    Attributes
-    ----------
-    folder : str
-        The split folder.
-    split : str
-        The split (or union) its manifest names.
-    shards, samples : int
-        Shards read and samples in them.
-    splits : dict
-        Samples per split, as their ``.json`` names it (several for a union), in release order.
-    with_value : dict
-        Per rank of :data:`~bioscan_io.schema.RANKS`, the samples with a value.
-    distinct : dict
-        Per rank, the number of distinct values.
-    lengths : numpy.ndarray
-        Barcode length (bp) of every sample that has a barcode.
-    no_barcode : int
-        Samples with an empty barcode.
-    with_n : int
-        Barcodes holding at least one ``N``.
-    n_bases : int
-        ``N`` in all barcodes together.
-    """
-
-    folder: str
-    split: str
-    shards: int = 0
-    samples: int = 0
-    splits: dict = field(default_factory=dict)
-    with_value: dict = field(default_factory=dict)
-    distinct: dict = field(default_factory=dict)
-    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
-    no_barcode: int = 0
-    with_n: int = 0
-    n_bases: int = 0
-
-    @property
-    def longer(self) -> int:
-        """Barcodes longer than :data:`~bioscan_io.schema.MAX_NUCLEOTIDES` (660) bp."""
-        return int((self.lengths > MAX_NUCLEOTIDES).sum())
-
-    def percentiles(self) -> dict:
-        """Barcode length at each of :data:`PERCENTILES` (a length that occurs: nearest rank), with min and max."""
-        if not len(self.lengths):
-            return {}
-        values = np.percentile(self.lengths, PERCENTILES, method="nearest")
-        return {"min": int(self.lengths.min()), **{f"p{q}": int(v) for q, v in zip(PERCENTILES, values)},
-                "max": int(self.lengths.max())}
-
-    def histogram(self) -> list[tuple[str, int]]:
-        """Barcodes per length bin of :data:`LENGTH_BINS`."""
-        return [(label, int(((self.lengths >= lo) & (self.lengths <= hi)).sum())) for label, lo, hi in LENGTH_BINS]
-
-    def lines(self) -> list[str]:
-        """The summary as a readable table, one string per line."""
-        def pct(k: int, total: int) -> str:
-            return f"{100 * k / total:5.1f}%" if total else "    -"
-
-        shards = f"{self.shards} shard" + ("s" if self.shards != 1 else "")
-        out = [f"{self.split}: {self.samples:,} samples in {shards} ({self.folder})"]
-        if len(self.splits) > 1:
-            out.append("  by split: " + ", ".join(f"{s} {k:,}" for s, k in self.splits.items()))
-        out += ["", f"{'rank':<11}{'with a value':>19}{'distinct':>11}"]
-        for rank in RANKS:
-            k = self.with_value.get(rank, 0)
-            out.append(f"{rank:<11}{k:>12,} {pct(k, self.samples)}{self.distinct.get(rank, 0):>11,}")
-        out += ["", f"barcode length (bp), {len(self.lengths):,} barcodes"]
-        stats = self.percentiles()
-        if stats:
-            names = ["min", *(f"p{q}" for q in PERCENTILES), "max"]
-            out.append("  " + "".join(f"{name:>7}" for name in names))
-            out.append("  " + "".join(f"{stats[name]:>7}" for name in names))
-            out.append("")
-            bins = self.histogram()
-            most = max(k for _, k in bins)
-            for label, k in bins:
-                bar = "\u2588" * round(40 * k / most) if most else ""
-                if k and not bar:
-                    bar = "\u258f"
-                out.append(f"  {label:<9}{k:>10,}  {bar}".rstrip())
-            out.append("")
-        longer = self.longer
-        out.append(f"longer than {MAX_NUCLEOTIDES} bp {longer:>10,} {pct(longer, len(self.lengths))}"
-                   f"   (models read the first {MAX_NUCLEOTIDES})")
-        out.append(f"with N {self.with_n:>21,} {pct(self.with_n, len(self.lengths))}   ({self.n_bases:,} N in all)")
-        out.append(f"without a barcode {self.no_barcode:>10,} {pct(self.no_barcode, self.samples)}")
-        return out
-
-
-def summary_folder(path) -> Path | None:
-    """The split folder whose summary ``path`` asks for.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A split folder, its ``manifest.json``, or a shard.
-
-    Returns
-    -------
-    pathlib.Path or None
-        The folder itself (or the manifest's folder); for a shard, the folder
-        holding it when a ``manifest.json`` is beside it, else None.
-    """
-    path = Path(path)
-    folder = _split_folder(path)
-    if folder is not None:
-        return folder
-    return path.parent if (path.parent / MANIFEST).is_file() else None
-
-
-_JSON_FIELDS = (*RANKS, "split")
-
-
-def _parse_records(column: pa.Array, keys: pa.Array, shard: Path) -> pa.Table:
-    """The rank and split fields of one shard's ``.json`` members, one Arrow JSON parse."""
-    table, bad = tarscan.parse_json(column, _JSON_FIELDS)
-    if bad:
-        row, message = bad[0]
-        raise BioscanError(f"shard {shard}: {keys[row].as_py()}.json: {message}")
-    return table
-
-
-def _read_shard(path: Path, count: int) -> tuple[pa.Array, dict]:
-    """Keys, and the ``.json`` and ``.dna`` payloads, of every sample of a shard."""
-    if not path.is_file():
-        raise BioscanError(f"shard {path} (listed in its manifest) is missing")
-    exts = ("json", "dna")
-    found = tarscan.read_members(str(path), 0, count, exts)
-    if found is None:  # headers the compiled walk does not read
-        samples = _read_tarfile(path, None, exts)
-        if len(samples) != count:
-            raise BioscanError(f"shard {path} holds {len(samples)} samples; its manifest says {count}")
-        keys = pa.array([s["__key__"] for s in samples], pa.large_string())
-        values = {e: pa.array([s.get(e) for s in samples], pa.large_binary()) for e in exts}
-        present = {e: np.array([e in s for s in samples], bool) for e in exts}
-    else:
-        keys, values, present, error = found
-        if error is not None:
-            raise error
-    for ext in exts:
-        if not present[ext].all():
-            key = keys[int(np.flatnonzero(~present[ext])[0])].as_py()
-            raise BioscanError(f"shard {path}: sample {key} has no .{ext} member (bioscan-io verify lists all problems)")
-    return keys, values
-
-
-def split_summary(split_folder, progress: bool = False) -> SplitSummary:
-    """Count ranks and barcode lengths over every sample of a split folder.
-
-    Reads only the ``.json`` and ``.dna`` members of each shard the manifest
-    lists, with the compiled header walk (images are jumped over).
-
-    Parameters
-    ----------
-    split_folder : str or path-like
-        The split folder (holding ``manifest.json``), its manifest, or a shard in it.
-    progress : bool
-        Show a progress bar (shards read) on stderr.
-
-    Returns
-    -------
-    SplitSummary
-        Use :meth:`SplitSummary.lines` for the printed table.
-
-    Raises
-    ------
-    BioscanError
-        If the folder or its manifest is missing or unreadable, or a shard is
-        missing, corrupt, shorter than the manifest says, or holds a sample
-        without its ``.json`` or ``.dna`` member or with an unreadable ``.json``.
-    """
-    path = Path(split_folder)
-    if not path.exists():
-        raise BioscanError(f"no shard or split folder at {path}")
-    folder = summary_folder(path)
-    if folder is None:
-        raise BioscanError(f"no shard manifest at {path.parent / MANIFEST}; a split summary needs the split folder")
-    manifest = read_manifest(folder)
-    entries = _entries(manifest, folder / MANIFEST)
-    summary = SplitSummary(folder=str(folder), split=str(manifest.get("split", folder.name)))
-    distinct: dict[str, set] = {rank: set() for rank in RANKS}
-    with_value = Counter({rank: 0 for rank in RANKS})
-    splits: Counter = Counter()
-    lengths = []
-    for entry in tqdm(entries, desc=f"reading {folder.name}", unit="shard", disable=not progress, file=sys.stderr):
-        if entry["count"] == 0:
-            continue
-        shard = folder / entry["name"]
-        keys, values = _read_shard(shard, entry["count"])
-        table = _parse_records(values["json"], keys, shard)
-        for rank in RANKS:
-            column = pc.drop_null(table.column(rank))
-            column = column.filter(pc.not_equal(column, ""))
-            with_value[rank] += len(column)
-            distinct[rank].update(pc.unique(column).to_pylist())
-        for item in pc.value_counts(table.column("split")).to_pylist():
-            splits[item["values"]] += item["counts"]
-        dna = values["dna"]
-        length = pc.binary_length(dna).to_numpy(zero_copy_only=False).astype(np.int64)
-        lengths.append(length[length > 0])
-        summary.no_barcode += int((length == 0).sum())
-        summary.with_n += int(pc.sum(pc.match_substring(dna, "N")).as_py() or 0)
-        summary.n_bases += int(pc.sum(pc.count_substring(dna, "N")).as_py() or 0)
-        summary.samples += len(keys)
-        summary.shards += 1
-    summary.with_value = dict(with_value)
-    summary.distinct = {rank: len(values) for rank, values in distinct.items()}
-    order = {name: i for i, name in enumerate(SPLITS)}  # release order; anything else after, by name
-    summary.splits = dict(sorted(splits.items(), key=lambda item: (order.get(item[0], len(order)), str(item[0]))))
-    summary.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    return summary

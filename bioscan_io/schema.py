@@ -9,72 +9,53 @@ from __future__ import annotations
 import hashlib
 import os
 
+#: Every metadata column, in the order of the published CSV file, with its type as
+#: the official loader reads it: "str" (plain string), "category" (categorical
+#: string; an empty cell means missing), "float" (empty means missing), "uint8",
+#: "Int64" (nullable integer).
+COLUMN_KINDS = {
+    "processid": "str",
+    "sampleid": "str",
+    "taxon": "category",
+    "phylum": "category",
+    "class": "category",
+    "order": "category",
+    "family": "category",
+    "subfamily": "category",
+    "genus": "category",
+    "species": "category",
+    "dna_bin": "category",
+    "dna_barcode": "str",
+    "country": "category",
+    "province_state": "category",
+    "coord-lat": "float",
+    "coord-lon": "float",
+    "image_measurement_value": "float",
+    "area_fraction": "float",
+    "scale_factor": "float",
+    "inferred_ranks": "uint8",
+    "split": "str",
+    "index_bioscan_1M_insect": "Int64",
+    "chunk": "str",
+}
 #: Metadata columns, in the order of the published CSV file.
-COLUMNS = (
-    "processid",
-    "sampleid",
-    "taxon",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "subfamily",
-    "genus",
-    "species",
-    "dna_bin",
-    "dna_barcode",
-    "country",
-    "province_state",
-    "coord-lat",
-    "coord-lon",
-    "image_measurement_value",
-    "area_fraction",
-    "scale_factor",
-    "inferred_ranks",
-    "split",
-    "index_bioscan_1M_insect",
-    "chunk",
-)
+COLUMNS = tuple(COLUMN_KINDS)
+
+
+def _of_kind(kind: str) -> tuple[str, ...]:
+    return tuple(c for c, k in COLUMN_KINDS.items() if k == kind)
+
 
 #: Plain string columns (never categorical).
-STRING_COLUMNS = ("processid", "sampleid", "dna_barcode", "split", "chunk")
+STRING_COLUMNS = _of_kind("str")
 #: Categorical string columns; an empty cell means missing.
-CATEGORICAL_COLUMNS = (
-    "taxon",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "subfamily",
-    "genus",
-    "species",
-    "dna_bin",
-    "country",
-    "province_state",
-)
+CATEGORICAL_COLUMNS = _of_kind("category")
 #: Float columns; an empty cell means missing.
-FLOAT_COLUMNS = (
-    "coord-lat",
-    "coord-lon",
-    "image_measurement_value",
-    "area_fraction",
-    "scale_factor",
-)
+FLOAT_COLUMNS = _of_kind("float")
 #: Small unsigned integer column.
-UINT8_COLUMNS = ("inferred_ranks",)
+UINT8_COLUMNS = _of_kind("uint8")
 #: Nullable integer column.
-NULLABLE_INT_COLUMNS = ("index_bioscan_1M_insect",)
-
-#: The column type of every column, as the official loader reads them
-#: ("str", "category", "float", "uint8", "Int64").
-COLUMN_KINDS = {
-    **{c: "str" for c in STRING_COLUMNS},
-    **{c: "category" for c in CATEGORICAL_COLUMNS},
-    **{c: "float" for c in FLOAT_COLUMNS},
-    **{c: "uint8" for c in UINT8_COLUMNS},
-    **{c: "Int64" for c in NULLABLE_INT_COLUMNS},
-}
-assert set(COLUMN_KINDS) == set(COLUMNS)
+NULLABLE_INT_COLUMNS = _of_kind("Int64")
 
 #: Ranks that have a label index (``<rank>_index``), in taxonomic order.
 RANKS = ("phylum", "class", "order", "family", "subfamily", "genus", "species", "dna_bin")

@@ -12,18 +12,17 @@
 Reading: the loader copies a remote shard to a temporary file (:func:`spool`) and
 walks it with the compiled reader, as a local one.
 
-Writing: :func:`publish_split` uploads a split folder sharded locally (staging)
-to an fsspec URL or through a ``pipe:`` command per file, shards first and
-``manifest.json`` last, so that a reader never sees a manifest before the shards
-it lists; on fsspec URLs, shards already there with the same size are not
-uploaded again, so a killed upload resumes.
+Writing: :func:`publish` uploads the files of a split folder sharded locally
+(staging) to an fsspec URL or through a ``pipe:`` command per file, in the
+order given (``format.publish_order``: shards first and ``manifest.json`` last,
+so that a reader never sees a manifest before the shards it lists); on fsspec
+URLs, shards already there with the same size are not uploaded again, so a
+killed upload resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import posixpath
 import shlex
 import subprocess
@@ -32,6 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .schema import BioscanError
+
+__all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "read_text", "staging_folder",
+           "publish"]
 
 _EXTRA_HINT = "pip install 'bioscan-io[remote]'"
 _WDS_SCHEMES = ("http://", "https://")
@@ -135,7 +137,7 @@ def read_text(url: str, storage_options: dict | None = None) -> str | None:
 
 
 def staging_folder(url: str) -> Path:
-    """The local folder a split is sharded into before :func:`publish_split` uploads it.
+    """The local folder a split is sharded into before :func:`publish` uploads it.
 
     The same URL gets the same folder, so a killed run resumes where it stopped.
     """
@@ -143,30 +145,22 @@ def staging_folder(url: str) -> Path:
     return Path(tempfile.gettempdir()) / "bioscan-io-staging" / digest
 
 
-def publish_split(local_out: Path, split_folder: str, url: str, storage_options: dict | None = None,
-                  log=print) -> tuple[str, int]:
-    """Upload ``local_out/split_folder`` (and ``local_out/labels.json``) to ``url``.
+def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options: dict | None = None) -> tuple[str, int]:
+    """Upload ``files`` to ``url``, in the order given (``format.publish_order`` puts the manifest last).
 
-    Shards first, then ``labels.json``, then ``manifest.json``. ``url`` is an
-    fsspec URL (a shard already there with the manifest's byte size is kept, so
-    a rerun resumes) or a ``pipe:`` command template run once per file with the
-    file on its standard input and ``{name}`` replaced by its path under ``url``
-    (``pipe:aws s3 cp - s3://bucket/shards/{name}``).
+    Each file is ``(local path, name under url, size or None)``; a file with a
+    size (a shard) already at an fsspec URL with that byte size is kept, so a
+    rerun resumes. ``url`` is an fsspec URL or a ``pipe:`` command template run
+    once per file with the file on its standard input and ``{name}`` replaced by
+    its name (``pipe:aws s3 cp - s3://bucket/shards/{name}``).
 
     Returns
     -------
-    (remote split folder URL, shards uploaded)
+    (url, files with a size uploaded)
     """
     if url.startswith(_WDS_SCHEMES):
         raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
                            "or a pipe: command")
-    folder = Path(local_out) / split_folder
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    files = [(folder / s["name"], f"{split_folder}/{s['name']}", s["bytes"]) for s in manifest["shards"]]
-    files += [(folder / n, f"{split_folder}/{n}", None) for n in sorted(os.listdir(folder)) if n.endswith(".txt")]
-    if (Path(local_out) / "labels.json").is_file():
-        files.append((Path(local_out) / "labels.json", "labels.json", None))
-    files.append((folder / "manifest.json", f"{split_folder}/manifest.json", None))  # last
     put = _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
     uploaded = 0
     try:
@@ -176,10 +170,8 @@ def publish_split(local_out: Path, split_folder: str, url: str, storage_options:
     except BioscanError:
         raise
     except Exception as exc:
-        raise BioscanError(f"uploading {folder} to {url} failed: {exc}; rerun to resume") from None
-    where = url if url.startswith("pipe:") else join(url, split_folder)
-    log(f"uploaded {uploaded} shard(s) of {len(manifest['shards'])} to {where}")
-    return (url if url.startswith("pipe:") else join(str(url), split_folder)), uploaded
+        raise BioscanError(f"uploading to {url} failed: {exc}; rerun to resume") from None
+    return url, uploaded
 
 
 def _fsspec_put(url: str, storage_options: dict | None):

@@ -2,9 +2,9 @@
 
 A thin wrapper around the compiled kernel ``bioscan_io._kmer``: every argument
 is checked here, and a whole batch is handed to the kernel as one byte buffer
-plus per-row start/end offsets, so no Python object is made per sequence or per
-token. Arrow string/binary columns are read through their own buffers, without
-a copy.
+plus per-row start/end offsets (see :mod:`bioscan_io.buffers`), so no Python
+object is made per sequence or per token. Arrow string/binary columns are read
+through their own buffers, without a copy.
 
 Vocabulary (``k = 4``): id 0 is ``[MASK]``, id 1 is ``[UNK]``, then the ``4**k``
 k-mers over ``ACGT`` in ``itertools.product("ACGT", repeat=k)`` order
@@ -21,7 +21,7 @@ for ``i < max_len // k``; a k-mer with any byte outside the vocabulary's bases
 
 Masking (:meth:`KmerTokenizer.encode_mlm`) and random offsets are a pure
 function of ``(seed, epoch, processid)``; the generator is specified, and
-implemented with Python integers, in :mod:`bioscan_io.reference`.
+implemented with Python integers, in :mod:`bioscan_io.testing.oracle`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from .buffers import (
+    as_chunks,
+    as_tensors,
+    check_return_tensors,
+    chunk_bounds,
+    is_torch,
+    output_arrays,
+    row_offsets,
+)
 from .schema import MAX_NUCLEOTIDES, BioscanError
 
 try:
@@ -44,12 +53,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"(needs Cython and a C compiler). Original error: {exc}"
     ) from exc
 
+if not hasattr(_kmer, "LabelMode"):  # built before the constants below were exported
+    raise ImportError("bioscan_io._kmer is out of date; rebuild it (`pip install -e .`)")
+
 __all__ = [
     "IGNORE_INDEX",
     "KmerTokenizer",
     "LABEL_MODES",
     "MASK_ID",
     "MASK_TOKEN",
+    "MAX_K",
     "UNK_ID",
     "UNK_TOKEN",
     "processid_keys",
@@ -57,177 +70,30 @@ __all__ = [
 
 MASK_TOKEN = "[MASK]"
 UNK_TOKEN = "[UNK]"
-MASK_ID = 0
-UNK_ID = 1
+# The ids are written by the kernel, which owns them; re-exported as plain ints.
+MASK_ID: int = _kmer.MASK_ID
+UNK_ID: int = _kmer.UNK_ID
 #: Label of positions the loss ignores (PyTorch's ``CrossEntropyLoss`` default).
-IGNORE_INDEX = -100
-#: ``"masked"``: the original id at masked positions (Hugging Face convention);
-#: ``"barcodebert"``: ``id - 2`` at every maskable position, masked or not.
-LABEL_MODES = ("masked", "barcodebert")
+IGNORE_INDEX: int = _kmer.IGNORE_INDEX
 #: The largest ``k`` the kernel supports (``5**8`` ids still fit an int32).
-MAX_K = 8
+MAX_K: int = _kmer.KMAX
+# label_mode -> the kernel's code. ``"masked"``: the original id at masked
+# positions (Hugging Face convention); ``"barcodebert"``: ``id - 2`` at every
+# maskable position, masked or not.
+_LABEL_CODES = {
+    "masked": _kmer.LabelMode.MASKED_LABELS,
+    "barcodebert": _kmer.LabelMode.BARCODEBERT_LABELS,
+}
+#: The values of ``label_mode`` (see :meth:`KmerTokenizer.encode_mlm`).
+LABEL_MODES = tuple(_LABEL_CODES)
 # Token positions index the generator's counters, which must stay below 2**32.
 _MAX_MAX_LEN = 2**31 - 1
-_BAD = 0x80
 
-if (_kmer.MASK_ID, _kmer.UNK_ID, _kmer.IGNORE_INDEX) != (MASK_ID, UNK_ID, IGNORE_INDEX):
-    raise ImportError("bioscan_io._kmer is out of date; rebuild it (`pip install -e .`)")
-
-_EMPTY_I64 = np.empty(0, dtype=np.int64)
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 _EMPTY_I32 = np.empty(0, dtype=np.int32)
-_EMPTY_U8 = np.empty(0, dtype=np.uint8)
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-class _Chunk:
-    """Rows ``data[starts[i]:ends[i]]``: the kernel's view of a batch (or part of it)."""
-
-    __slots__ = ("data", "starts", "ends")
-
-    def __init__(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-        self.data = data
-        self.starts = starts
-        self.ends = ends
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-
-def _is_pyarrow(values: Any) -> bool:
-    # Checked by module name so that pyarrow is only imported when it is used.
-    return type(values).__module__.split(".", 1)[0] == "pyarrow"
-
-
-def _is_torch(values: Any) -> bool:
-    return type(values).__module__.split(".", 1)[0] == "torch"
-
-
-def _chunk_from_items(items: list, what: str) -> _Chunk:
-    """Concatenate a list of bytes (one C-level join) into a chunk."""
-    n = len(items)
-    lens = np.fromiter(map(len, items), dtype=np.int64, count=n)
-    data = np.frombuffer(b"".join(items), dtype=np.uint8)
-    ends = np.cumsum(lens)
-    return _Chunk(data, ends - lens, ends)
-
-
-def _to_bytes(value: Any, index: int, what: str) -> bytes:
-    if isinstance(value, str):
-        # surrogatepass: any Python str has a byte form, so nothing can fail here.
-        return value.encode("utf-8", "surrogatepass")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if value is None:
-        return b""
-    raise BioscanError(
-        f"{what}[{index}] is a {type(value).__name__}; expected str, bytes or None"
-    )
-
-
-def _chunk_from_list(values: list, what: str) -> _Chunk:
-    n = len(values)
-    if n == 0:
-        return _Chunk(_EMPTY_U8, _EMPTY_I64, _EMPTY_I64)
-    try:
-        joined = "".join(values)
-    except TypeError:
-        joined = None
-    if joined is not None:
-        data = joined.encode("utf-8", "surrogatepass")
-        if len(data) == len(joined):
-            # All ASCII: byte lengths are the str lengths, and one join did it all.
-            lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
-            ends = np.cumsum(lens)
-            return _Chunk(np.frombuffer(data, dtype=np.uint8), ends - lens, ends)
-    return _chunk_from_items([_to_bytes(v, i, what) for i, v in enumerate(values)], what)
-
-
-def _chunks_from_arrow(values: Any, what: str) -> list[_Chunk]:
-    import pyarrow as pa
-
-    if isinstance(values, pa.ChunkedArray):
-        return [c for arr in values.chunks for c in _chunks_from_arrow(arr, what)]
-    if not isinstance(values, pa.Array):
-        raise BioscanError(f"{what}: unsupported pyarrow object {type(values).__name__}")
-    n = len(values)
-    t = values.type
-    if pa.types.is_dictionary(t):
-        values = values.dictionary_decode()
-        t = values.type
-    if n == 0:
-        return [_Chunk(_EMPTY_U8, _EMPTY_I64, _EMPTY_I64)]
-    if pa.types.is_null(t):
-        zeros = np.zeros(n, dtype=np.int64)
-        return [_Chunk(_EMPTY_U8, zeros, zeros)]
-    if pa.types.is_string(t) or pa.types.is_binary(t):
-        off_dtype = np.int32
-    elif pa.types.is_large_string(t) or pa.types.is_large_binary(t):
-        off_dtype = np.int64
-    elif str(t) in ("string_view", "binary_view"):
-        return _chunks_from_arrow(values.cast(pa.large_binary()), what)
-    else:
-        raise BioscanError(f"{what}: expected a string or binary Arrow array, got type {t}")
-    _validity, offsets_buf, data_buf = values.buffers()[:3]
-    # values.offset: a sliced array shares its parent's buffers.
-    offsets = np.frombuffer(offsets_buf, dtype=off_dtype)[values.offset : values.offset + n + 1]
-    if len(offsets) != n + 1:
-        raise BioscanError(f"{what}: Arrow offsets buffer is too short")
-    data = _EMPTY_U8 if data_buf is None else np.frombuffer(data_buf, dtype=np.uint8)
-    starts = offsets[:-1].astype(np.int64)
-    ends = offsets[1:].astype(np.int64)
-    if values.null_count:
-        valid = values.is_valid().to_numpy(zero_copy_only=False)
-        ends = np.where(valid, ends, starts)
-    return [_Chunk(data, starts, ends)]
-
-
-def _as_chunks(values: Any, what: str) -> list[_Chunk]:
-    """The rows of ``values`` as kernel chunks (several for an Arrow ChunkedArray)."""
-    if isinstance(values, (str, bytes, bytearray)):
-        raise BioscanError(
-            f"{what} is a single {type(values).__name__}; pass a list of sequences "
-            f"(e.g. [{what}])"
-        )
-    if _is_pyarrow(values):
-        chunks = _chunks_from_arrow(values, what)
-    elif isinstance(values, np.ndarray):
-        if values.ndim != 1:
-            raise BioscanError(f"{what} must be one-dimensional, got shape {values.shape}")
-        if values.dtype.kind not in "OUS":
-            raise BioscanError(
-                f"{what} has dtype {values.dtype}; expected strings, bytes or objects"
-            )
-        chunks = [_chunk_from_list(values.tolist(), what)]
-    elif isinstance(values, list):
-        chunks = [_chunk_from_list(values, what)]
-    else:
-        try:
-            items = list(values)
-        except TypeError:
-            raise BioscanError(
-                f"{what} must be a list/array of str or bytes or a pyarrow string array, "
-                f"got {type(values).__name__}"
-            ) from None
-        chunks = [_chunk_from_list(items, what)]
-    for c in chunks:
-        # Cheap, vectorised guards so that the kernel can never read out of bounds,
-        # whatever a hand-made Arrow array claims.
-        if len(c) and (
-            c.starts.min() < 0 or (c.ends < c.starts).any() or c.ends.max() > len(c.data)
-        ):
-            raise BioscanError(f"{what}: row offsets point outside the data buffer")
-    return chunks
-
-
-def _chunk_bounds(chunks: list[_Chunk]) -> list[tuple[int, int]]:
-    bounds, r = [], 0
-    for c in chunks:
-        bounds.append((r, r + len(c)))
-        r += len(c)
-    return bounds
+# --------------------------------------------------------------------------- random keys
 
 
 def processid_keys(processids: Any) -> np.ndarray:
@@ -249,14 +115,11 @@ def processid_keys(processids: Any) -> np.ndarray:
         if processids.ndim != 1:
             raise BioscanError(f"processids must be one-dimensional, got shape {processids.shape}")
         return np.ascontiguousarray(processids)
-    chunks = _as_chunks(processids, "processids")
+    chunks = as_chunks(processids, "processids")
     out = np.empty(sum(len(c) for c in chunks), dtype=np.uint64)
-    for c, (r0, r1) in zip(chunks, _chunk_bounds(chunks)):
+    for c, (r0, r1) in zip(chunks, chunk_bounds(chunks)):
         _kmer.hash_strings(c.data, c.starts, c.ends, out[r0:r1])
     return out
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def _check_uint64(value: Any, name: str) -> int:
@@ -269,63 +132,12 @@ def _check_uint64(value: Any, name: str) -> int:
     return v
 
 
-def _norm_dtype(dtype: Any) -> np.dtype:
-    if _is_torch(dtype):
-        dtype = str(dtype).replace("torch.", "")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise BioscanError(f"dtype must be int32 or int64, got {dtype!r}") from None
-    if dt not in (np.dtype(np.int32), np.dtype(np.int64)):
-        raise BioscanError(f"dtype must be int32 or int64, got {dt}")
-    return dt
-
-
-def _check_return_tensors(return_tensors: Any) -> None:
-    if return_tensors not in (None, "np", "pt"):
-        raise BioscanError(f"return_tensors must be None, 'np' or 'pt', got {return_tensors!r}")
-
-
-def _outputs(n: int, T: int, dtype: Any, out: Any, names: tuple[str, ...]) -> tuple:
-    """Allocate the output arrays, or check the caller's ``out`` arrays."""
-    if out is None:
-        dt = _norm_dtype(np.int64 if dtype is None else dtype)
-        return tuple(np.empty((n, T), dtype=dt) for _ in names)
-    if not isinstance(out, (tuple, list)) or len(out) != len(names):
-        raise BioscanError(f"out must be a tuple of {len(names)} arrays ({', '.join(names)})")
-    arrays = []
-    for name, a in zip(names, out):
-        if _is_torch(a):
-            a = a.numpy()  # shares memory; raises for GPU tensors or ones needing grad
-        if not isinstance(a, np.ndarray):
-            raise BioscanError(f"out {name} must be a numpy array, got {type(a).__name__}")
-        arrays.append(a)
-    dt = _norm_dtype(arrays[0].dtype if dtype is None else dtype)
-    checked = []
-    for name, a in zip(names, arrays):
-        if a.dtype != dt:
-            raise BioscanError(f"out {name} has dtype {a.dtype}, expected {dt}")
-        if a.shape != (n, T):
-            raise BioscanError(f"out {name} has shape {a.shape}, expected {(n, T)}")
-        if not a.flags.writeable:
-            raise BioscanError(f"out {name} is read-only")
-        if a.strides[1] != a.itemsize:
-            if T > 1:
-                raise BioscanError(
-                    f"out {name} must be contiguous along its last axis (row stride is free)"
-                )
-            # One column: its stride is never used, so give the kernel the layout it expects.
-            a = np.lib.stride_tricks.as_strided(a, strides=(a.strides[0], a.itemsize))
-        checked.append(a)
-    return tuple(checked)
-
-
-def _wrap(arrays: tuple, return_tensors: Any) -> tuple:
-    if return_tensors == "pt":
-        import torch
-
-        return tuple(torch.from_numpy(a) for a in arrays)
-    return arrays
+def _sample_keys(processids: Any, seed: int, epoch: int) -> np.ndarray:
+    """The generator key of each sample (``seed``/``epoch`` already checked)."""
+    pid_hash = processid_keys(processids)
+    keys = np.empty(len(pid_hash), dtype=np.uint64)
+    _kmer.sample_keys(pid_hash, seed, epoch, keys)
+    return keys
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -379,7 +191,7 @@ class KmerTokenizer:
 
     def _build_tables(self) -> None:
         radix = len(self._bases)
-        lut1 = np.full(256, _BAD, dtype=np.uint8)
+        lut1 = np.full(256, _kmer.BAD, dtype=np.uint8)
         for code, base in enumerate(self._bases):
             lut1[ord(base)] = code
         pair = np.arange(65536)
@@ -387,7 +199,7 @@ class KmerTokenizer:
         hi = lut1[pair >> 8].astype(np.int32)
         # Index b0 | b1 << 8 -> code(b0) * radix + code(b1): first byte most significant.
         self._lut1 = lut1
-        self._lut2 = np.where((lo | hi) & _BAD, _BAD, lo * radix + hi).astype(np.uint8)
+        self._lut2 = np.where((lo | hi) & _kmer.BAD, _kmer.BAD, lo * radix + hi).astype(np.uint8)
         if self.n_as_base:
             self._idlut = self._n_as_base_ids()
             self.pad_id = self.vocab_size - 1  # the all-N k-mer comes last
@@ -473,7 +285,7 @@ class KmerTokenizer:
         ids : array-like or torch.Tensor of int, 1-D or 2-D
             Ids as returned by :meth:`encode` (labels' -100 is not an id).
         """
-        if _is_torch(ids):
+        if is_torch(ids):
             ids = ids.detach().cpu().numpy()
         a = np.asarray(ids)
         if a.ndim not in (1, 2) or (a.size and a.dtype.kind not in "iu"):
@@ -485,29 +297,6 @@ class KmerTokenizer:
         return self._vocab_array[a.astype(np.intp)].tolist()
 
     # ----------------------------------------------------------------- encoding
-
-    def _offsets(self, offsets: Any, n: int) -> np.ndarray:
-        if offsets is None:
-            return _EMPTY_I64
-        if _is_torch(offsets):
-            offsets = offsets.detach().cpu().numpy()
-        a = np.asarray(offsets)
-        if a.shape != (n,) or (n and a.dtype.kind not in "iu"):
-            raise BioscanError(f"offsets must be {n} integers, one per sequence; got {a.dtype} {a.shape}")
-        if n and a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
-            raise BioscanError("offsets must be below 2**63")
-        a = np.ascontiguousarray(a, dtype=np.int64)
-        if n and a.min() < 0:
-            raise BioscanError("offsets must be non-negative")
-        return a
-
-    def _keys(self, processids: Any, n: int, seed: int, epoch: int) -> np.ndarray:
-        pid_hash = processid_keys(processids)
-        if len(pid_hash) != n:
-            raise BioscanError(f"got {len(pid_hash)} processids for {n} sequences")
-        keys = np.empty(n, dtype=np.uint64)
-        _kmer.sample_keys(pid_hash, seed, epoch, keys)
-        return keys
 
     def encode(
         self,
@@ -540,15 +329,14 @@ class KmerTokenizer:
         (ids, attention_mask)
             Arrays of shape ``(len(seqs), max_len // k)``.
         """
-        _check_return_tensors(return_tensors)
-        chunks = _as_chunks(seqs, "seqs")
+        check_return_tensors(return_tensors)
+        chunks = as_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
-        offs = self._offsets(offsets, n)
-        ids, att = _outputs(n, self.n_tokens, dtype, out, ("ids", "attention_mask"))
-        for c, (r0, r1) in zip(chunks, _chunk_bounds(chunks)):
-            self._run(c, offs[r0:r1] if len(offs) else offs, _EMPTY_U64, False, 0, 0,
-                      ids[r0:r1], att[r0:r1], ids[r0:r1])
-        return _wrap((ids, att), return_tensors)
+        offs = row_offsets(offsets, n)
+        ids, att = output_arrays(n, self.n_tokens, dtype, out, ("ids", "attention_mask"))
+        # No labels are written: ids stands in for the kernel's labels argument.
+        self._run(chunks, offs, _EMPTY_U64, False, 0, _kmer.LabelMode.NO_LABELS, ids, att, ids)
+        return as_tensors((ids, att), return_tensors)
 
     def encode_mlm(
         self,
@@ -603,7 +391,7 @@ class KmerTokenizer:
             ``input_ids``, ``attention_mask`` and ``labels``, each of shape
             ``(len(seqs), max_len // k)``.
         """
-        _check_return_tensors(return_tensors)
+        check_return_tensors(return_tensors)
         seed = _check_uint64(seed, "seed")
         epoch = _check_uint64(epoch, "epoch")
         if label_mode not in LABEL_MODES:
@@ -616,35 +404,36 @@ class KmerTokenizer:
             raise BioscanError(f"mask_prob must be in [0, 1], got {mask_prob!r}")
         if random_offset and offsets is not None:
             raise BioscanError("pass either random_offset=True or offsets, not both")
-        chunks = _as_chunks(seqs, "seqs")
+        chunks = as_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
-        keys = self._keys(processids, n, seed, epoch)
-        offs = self._offsets(offsets, n)
+        keys = _sample_keys(processids, seed, epoch)
+        if len(keys) != n:
+            raise BioscanError(f"got {len(keys)} processids for {n} sequences")
+        offs = row_offsets(offsets, n)
         # u / 2**32 < p  <=>  u < ceil(p * 2**32) for integer u; p * 2**32 is exact.
         thr = math.ceil(p * 2**32)
-        mode = 1 if label_mode == "masked" else 2
-        ids, att, labels = _outputs(
+        ids, att, labels = output_arrays(
             n, self.n_tokens, dtype, out, ("input_ids", "attention_mask", "labels")
         )
-        for c, (r0, r1) in zip(chunks, _chunk_bounds(chunks)):
-            self._run(c, offs[r0:r1] if len(offs) else offs, keys[r0:r1], bool(random_offset),
-                      thr, mode, ids[r0:r1], att[r0:r1], labels[r0:r1])
-        ids, att, labels = _wrap((ids, att, labels), return_tensors)
+        self._run(chunks, offs, keys, bool(random_offset), thr, _LABEL_CODES[label_mode],
+                  ids, att, labels)
+        ids, att, labels = as_tensors((ids, att, labels), return_tensors)
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
     def random_offsets(self, processids: Any, seed: int = 0, epoch: int = 0) -> np.ndarray:
         """The offsets that ``encode_mlm(..., random_offset=True)`` uses, as int64."""
         seed = _check_uint64(seed, "seed")
         epoch = _check_uint64(epoch, "epoch")
-        pid_hash = processid_keys(processids)
-        keys = np.empty(len(pid_hash), dtype=np.uint64)
-        _kmer.sample_keys(pid_hash, seed, epoch, keys)
+        keys = _sample_keys(processids, seed, epoch)
         out = np.empty(len(keys), dtype=np.int64)
         _kmer.offsets_from_keys(keys, self.k, out)
         return out
 
-    def _run(self, c, offs, keys, random_offset, thr, mode, ids, att, labels) -> None:
-        _kmer.encode_batch(
-            c.data, c.starts, c.ends, offs, keys, random_offset, self.k, self.max_len,
-            self._lut1, self._lut2, self._idlut, self.pad_id, thr, mode, ids, att, labels,
-        )
+    def _run(self, chunks, offs, keys, random_offset, thr, mode, ids, att, labels) -> None:
+        for c, (r0, r1) in zip(chunks, chunk_bounds(chunks)):
+            # Empty offs or keys slice to empty, which the kernel reads as "none".
+            _kmer.encode_batch(
+                c.data, c.starts, c.ends, offs[r0:r1], keys[r0:r1], random_offset, self.k,
+                self.max_len, self._lut1, self._lut2, self._idlut, self.pad_id, thr, mode,
+                ids[r0:r1], att[r0:r1], labels[r0:r1],
+            )

@@ -23,12 +23,10 @@ payloads are checked (and hashed, for ``images=True``) as they stream past.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
 import sys
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,10 +36,13 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metadata as md
+from .format import (MANIFEST, MEMBERS, MISSING_REPORT, Sample, TarReader, is_count, manifest_problems,
+                     read_manifest, shard_entries)
 from .images import EOI_SLACK, has_eoi
 from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
-from .shard import (FORMAT, FORMAT_VERSION, MANIFEST, MISSING_REPORT, find_metadata, image_reader, open_images,
-                    read_manifest, select_rows)
+from .sources import image_reader, open_images
+
+__all__ = ["KINDS", "Problem", "VerifyReport", "verify_split", "verify_shard"]
 
 #: Every problem kind, and what it means; the README's table is this dict.
 KINDS = {
@@ -68,7 +69,6 @@ KINDS = {
     "image_mismatch": "(--images) a .jpg differs from its source image file, or the source file is missing",
 }
 
-_MEMBERS = ("dna", "jpg", "json")
 _HUMAN_LIMIT = 20
 
 
@@ -151,64 +151,17 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- 1. manifest and files
 
 
-def check_manifest_format(manifest) -> list[Problem]:
-    """The manifest's format, version and top-level keys."""
-    if not isinstance(manifest, dict):
-        return [Problem("bad_manifest", detail="manifest.json does not hold a JSON object")]
-    problems = []
-    if manifest.get("format") != FORMAT:
-        problems.append(Problem("bad_manifest", detail=f"format is {manifest.get('format')!r}, expected {FORMAT!r}"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        problems.append(Problem(
-            "bad_manifest",
-            detail=f"format_version is {manifest.get('format_version')!r}; this bioscan-io reads {FORMAT_VERSION}",
-        ))
-    splits = manifest.get("splits")
-    if not isinstance(splits, list) or not splits or any(s not in SPLITS for s in splits):
-        problems.append(Problem("bad_manifest", detail=f"splits is {splits!r}, expected a list of split names"))
-    source = manifest.get("source")
-    if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in
-                                               ("root", "package", "metadata", "metadata_sha256")):
-        problems.append(Problem("bad_manifest", detail="source lacks root, package, metadata or metadata_sha256"))
-    if not _is_count(manifest.get("num_samples")):
-        problems.append(Problem("bad_manifest", detail=f"num_samples is {manifest.get('num_samples')!r}"))
-    if not isinstance(manifest.get("skipped_missing_image", []), list):
-        problems.append(Problem("bad_manifest", detail="skipped_missing_image is not a list"))
-    if not isinstance(manifest.get("shards"), list):
-        problems.append(Problem("bad_manifest", detail="shards is not a list"))
-    return problems
+def check_manifest(manifest) -> tuple[list[dict], list[Problem]]:
+    """The manifest's format, version, keys and shard entries (``format.manifest_problems``).
 
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def shard_entries(manifest) -> tuple[list[dict], list[Problem]]:
-    """The well-formed shard entries of the manifest; the others as problems.
-
-    A malformed entry cannot be checked against its file, so it is reported once
-    here and left out of every later check.
+    Returns the well-formed shard entries and the problems; a malformed entry
+    cannot be checked against its file, so it is reported here once and left out
+    of every later check.
     """
-    shards = manifest.get("shards") if isinstance(manifest, dict) else None
-    if not isinstance(shards, list):
-        return [], []
-    good, problems, names = [], [], set()
-    for i, entry in enumerate(shards):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        well_formed = (
-            isinstance(name, str) and name.endswith(".tar") and os.path.basename(name) == name
-            and _is_count(entry.get("count")) and _is_count(entry.get("bytes"))
-            and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
-        )
-        if not well_formed:
-            problems.append(Problem("bad_manifest", shard=name if isinstance(name, str) else None,
-                                    detail=f"shard entry {i} is malformed: {entry!r}"))
-        elif name in names:
-            problems.append(Problem("bad_manifest", shard=name, detail=f"shard listed twice (entry {i})"))
-        else:
-            names.add(name)
-            good.append(entry)
-    return good, problems
+    problems = [Problem("bad_manifest", detail=text) for text in manifest_problems(manifest)]
+    entries, bad = shard_entries(manifest)
+    problems += [Problem("bad_manifest", shard=name, detail=text) for name, text in bad]
+    return entries, problems
 
 
 def check_total(manifest, entries: list[dict]) -> list[Problem]:
@@ -217,7 +170,7 @@ def check_total(manifest, entries: list[dict]) -> list[Problem]:
     listed = sum(e["count"] for e in entries)
     shards = manifest.get("shards")
     # A malformed entry is already a bad_manifest; its count is unknown, so no sum.
-    if _is_count(total) and listed != total and isinstance(shards, list) and len(entries) == len(shards):
+    if is_count(total) and listed != total and isinstance(shards, list) and len(entries) == len(shards):
         return [Problem("count_mismatch",
                         detail=f"the manifest's shards hold {listed} samples but num_samples is {total}")]
     return []
@@ -268,140 +221,13 @@ def check_count(entry: dict, read: int) -> list[Problem]:
 # ----------------------------------------------------------------------------- 2. reading the shards
 
 
-@dataclass
-class Sample:
-    """One sample as read from a shard: its members in tar order."""
-
-    key: str
-    offset: int
-    members: list = field(default_factory=list)  # (extension, bytes)
-
-
-class _HashingReader:
-    """A file wrapper that hashes every byte read through it.
-
-    Lets one sequential read serve both the sha256 check and the tar walk, which
-    halves the I/O of verifying a multi-terabyte split.
-    """
-
-    def __init__(self, f):
-        self.f, self.sha256 = f, hashlib.sha256()
-
-    def read(self, size=-1):
-        data = self.f.read(size)
-        self.sha256.update(data)
-        return data
-
-    def drain(self) -> str:
-        """Read (and hash) the rest of the file; the hex digest of all of it."""
-        for block in iter(lambda: self.read(4 << 20), b""):
-            pass
-        return self.sha256.hexdigest()
-
-
-class ShardReader:
-    """Streams the samples of one shard with ``tarfile``, never failing mid-way.
-
-    Iterate :meth:`samples`; afterwards ``error`` holds the problem that stopped
-    the walk (None when it reached a sound end-of-archive marker), ``last`` the
-    last member read, and ``sha256`` the digest of the whole file.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.error: Problem | None = None
-        self.end: int | None = None
-        self.last: str | None = None
-        self.sha256 = ""
-
-    def samples(self):
-        """Yield each complete sample (members grouped by key, as webdataset groups them)."""
-        with open(self.path, "rb") as raw:
-            reader = _HashingReader(raw)
-            current = None
-            try:
-                with tarfile.open(fileobj=reader, mode="r|") as tar:
-                    while (member := tar.next()) is not None:
-                        # tarfile keeps every TarInfo it has read; a 30,000-member shard
-                        # need not, since members are read once, in order.
-                        tar.members = []
-                        data = tar.extractfile(member).read() if member.isfile() else None
-                        key, ext = split_member_name(member.name)
-                        if current is not None and current.key != key:
-                            yield current
-                            current = None
-                        if current is None:
-                            current = Sample(key, member.offset)
-                        current.members.append((ext, data))
-                        self.last = member.name
-                    self.end = tar.offset
-                # tarfile also stops quietly at a bad header or a cut on a header
-                # boundary, so the last sample counts only once the end is proven.
-                ended = check_end_of_archive(self.path, self.end, self.last)
-                if ended:
-                    self.error = ended[0]
-                    self.error.key = current.key if current else None
-                elif current is not None:
-                    yield current
-            except (tarfile.TarError, EOFError) as exc:
-                # The sample being read when the walk stopped is not yielded: it is
-                # incomplete, and the problem below names it.
-                self.error = self._read_error(exc, current)
-            self.sha256 = reader.drain()
-
-    def _read_error(self, exc: Exception, current: Sample | None) -> Problem:
-        text = str(exc) or type(exc).__name__
-        where = f"after member {self.last}" if self.last else "at the start of the file"
-        truncated = any(s in text for s in ("unexpected end of data", "truncated", "empty file"))
-        return Problem("truncated_tar" if truncated else "corrupt_tar", shard=self.path.name,
-                       key=current.key if current else None, detail=f"{text} ({where})")
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """Key and extension of a member, split at the first dot of the base name (webdataset's rule)."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext
-
-
-def check_end_of_archive(path: Path, end: int, last: str | None) -> list[Problem]:
-    """The archive ends with its two zero blocks and holds only zeros after them.
-
-    ``tarfile`` stops quietly at a bad header or a cut on a header boundary, as if
-    the archive had ended there; this check is what tells those apart from a
-    real end.
-    """
-    after = f"after member {last}" if last else "at the start"
-    with open(path, "rb") as f:
-        f.seek(end)
-        marker = f.read(1024)
-        head = marker[:512]
-        if len(head) < 512:
-            how = "inside a tar header" if any(head) else "without the end-of-archive marker"
-            return [Problem("truncated_tar", shard=path.name,
-                            detail=f"ends at byte {end + len(head)} ({after}), {how}")]
-        if any(head):
-            return [Problem("corrupt_tar", shard=path.name, detail=f"unreadable tar header at byte {end} ({after})")]
-        if len(marker) < 1024:
-            return [Problem("truncated_tar", shard=path.name,
-                            detail=f"ends at byte {end + len(marker)} ({after}) inside the end-of-archive marker")]
-        offset = end
-        for block in itertools.chain([marker], iter(lambda: f.read(1 << 20), b"")):
-            if any(block):
-                first = offset + next(i for i, b in enumerate(block) if b)
-                return [Problem("corrupt_tar", shard=path.name,
-                                detail=f"data at byte {first} after the end-of-archive marker at byte {end} ({after})")]
-            offset += len(block)
-    return []
-
-
 def check_members(sample: Sample, shard: str) -> list[Problem]:
-    """Exactly one ``.dna``, one ``.jpg`` and one ``.json`` member."""
+    """Exactly one member of each kind of ``format.MEMBERS``, and nothing else."""
     exts = [ext for ext, _ in sample.members]
     problems = [Problem("missing_member", shard, sample.key, f"no .{ext} member")
-                for ext in _MEMBERS if ext not in exts]
+                for ext in MEMBERS if ext not in exts]
     for ext in sorted(set(exts)):
-        if ext not in _MEMBERS:
+        if ext not in MEMBERS:
             problems.append(Problem("extra_member", shard, sample.key, f"unexpected member {sample.key}.{ext}"))
         elif exts.count(ext) > 1:
             problems.append(Problem("extra_member", shard, sample.key, f".{ext} appears {exts.count(ext)} times"))
@@ -411,14 +237,9 @@ def check_members(sample: Sample, shard: str) -> list[Problem]:
     return problems
 
 
-def member(sample: Sample, ext: str) -> bytes | None:
-    """The payload of a sample's first member with this extension."""
-    return next((data for e, data in sample.members if e == ext), None)
-
-
 def parse_json(sample: Sample, shard: str) -> tuple[dict | None, list[Problem]]:
     """The sample's ``.json`` as a dict, or a ``bad_json`` problem."""
-    raw = member(sample, "json")
+    raw = sample.payload("json")
     if raw is None:
         return None, []  # already a missing_member
     try:
@@ -440,7 +261,7 @@ def check_key(sample: Sample, record: dict, shard: str) -> list[Problem]:
 
 def check_dna(sample: Sample, record: dict, shard: str) -> list[Problem]:
     """The ``.dna`` member is the JSON's barcode, whole (empty when null)."""
-    raw = member(sample, "dna")
+    raw = sample.payload("dna")
     if raw is None:
         return []
     expected = record.get("dna_barcode") or ""
@@ -461,7 +282,7 @@ def check_jpeg(sample: Sample, shard: str) -> list[Problem]:
     A few bytes after the EOI marker (padding some cameras append) are allowed, as
     the decoder allows them (``images.has_eoi``).
     """
-    raw = member(sample, "jpg")
+    raw = sample.payload("jpg")
     if raw is None:
         return []
     if raw[:2] != b"\xff\xd8":
@@ -492,7 +313,7 @@ class Records:
         self.path = path
         self.table = md.read_metadata(path)
         self.splits = [s for s in splits if s in SPLITS]
-        rows = select_rows(self.table, tuple(self.splits)) if self.splits else np.empty(0, np.int64)
+        rows = md.select_rows(self.table, tuple(self.splits)) if self.splits else np.empty(0, np.int64)
         pids = self.table.column("processid").take(pa.array(rows)).to_pylist()
         self.row = dict(zip(pids, rows.tolist()))
 
@@ -617,7 +438,7 @@ def _metadata_path(manifest: dict, root, metadata) -> Path:
     if root is not None:
         if not Path(root).is_dir():
             raise BioscanError(f"dataset root not found: {root}")
-        return find_metadata(Path(root))
+        return md.find_metadata(Path(root))
     path = _source(manifest).get("metadata")
     if not isinstance(path, str):
         raise BioscanError("the manifest names no metadata file; pass --root or --metadata")
@@ -675,11 +496,10 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
     manifest = read_manifest(folder)
     report = VerifyReport(folder=str(folder))
     problems = report.problems
-    problems += check_manifest_format(manifest)
+    entries, bad = check_manifest(manifest)
+    problems += bad
     if not isinstance(manifest, dict):
         return report
-    entries, bad = shard_entries(manifest)
-    problems += bad
     problems += check_total(manifest, entries)
     problems += check_shard_files(folder, entries)
     problems += check_extra_shards(folder, manifest)
@@ -714,7 +534,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
     """All the checks of one shard, reading it once from start to end."""
     shard = entry["name"]
     problems: list[Problem] = []
-    reader = ShardReader(path)
+    reader = TarReader(path, name=shard, hash=True)
     keys: list[str] = []
     jsons: list[tuple[str, dict]] = []
     digests: list[tuple[str, int, str]] = []
@@ -735,13 +555,14 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
         keys.append(sample.key)
         if record is not None:
             jsons.append((sample.key, record))
-        if images is not None and member(sample, "jpg") is not None:
-            jpg = member(sample, "jpg")
+        if images is not None and sample.payload("jpg") is not None:
+            jpg = sample.payload("jpg")
             digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()))
     report.samples += read
 
-    if reader.error is not None:
-        problems.append(reader.error)
+    if reader.fault is not None:
+        fault = reader.fault
+        problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=fault.key, detail=fault.detail))
     else:  # a walk cut short would only repeat the tar problem as a count
         problems += check_count(entry, read)
     if path.stat().st_size == entry["bytes"]:

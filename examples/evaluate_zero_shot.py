@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bioscan_io import KmerTokenizer, make_loader, shard_split
 from bioscan_io.evaluation import (
     RETRIEVAL_RANKS,
     Embeddings,
@@ -45,9 +46,6 @@ from bioscan_io.evaluation import (
     retrieval_classification,
     zero_shot_clustering,
 )
-from bioscan_io.loader import make_loader
-from bioscan_io.shard import shard_split
-from bioscan_io.tokenizer import KmerTokenizer
 
 SPLITS = ("pretrain", "train", "test", "key_unseen", "test_unseen")
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bioscan_io.loader import make_loader
+from bioscan_io import make_loader
 from bioscan_io.tokenizer import KmerTokenizer
 
 

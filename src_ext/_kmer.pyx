@@ -4,9 +4,9 @@
 
 Every argument is checked by the Python wrapper (``bioscan_io/tokenizer.py``):
 this module trusts shapes, dtypes, bounds and lookup tables, so that its loops
-stay short and free of the GIL. ``bioscan_io/reference.py`` is the pure-Python
-oracle that these kernels must match bit for bit; the generator is defined
-there.
+stay short and free of the GIL. :mod:`bioscan_io.testing.oracle` is the
+pure-Python oracle that these kernels must match bit for bit; the generator is
+defined there.
 
 Sequences arrive as one byte buffer plus per-row ``starts``/``ends``, the
 layout of an Arrow binary column, so a batch is tokenized without one Python
@@ -50,18 +50,30 @@ cdef extern from *:
     uint32_t BK_BYTES_41
     bint BK_LITTLE_ENDIAN
 
-cdef enum:
+# cpdef: these are also module attributes, which the Python wrapper reads
+# rather than retyping them, so that each has one definition.
+cpdef enum:
+    # BarcodeBERT's token ids, and the label of positions the loss ignores
+    # (PyTorch's CrossEntropyLoss default).
+    MASK_ID = 0
+    UNK_ID = 1
+    IGNORE_INDEX = -100
     # A lookup-table entry with this bit set marks a byte that is not a base.
     BAD = 0x80
+    # The largest k: sizes the buffer of a partial k-mer, and 5**8 ids still fit
+    # an int32.
     KMAX = 8
+
+cpdef enum LabelMode:
+    # encode_batch's label_mode: what it writes into labels.
+    NO_LABELS = 0           # no masking; labels untouched
+    MASKED_LABELS = 1       # the original id at masked positions (Hugging Face)
+    BARCODEBERT_LABELS = 2  # id - 2 at every maskable position
+
+cdef enum:
     # Tokens per block of random draws: bounds the stack buffers whatever
     # max_len is; a multiple of 8 so that blocks start on a draw word.
     BLOCK = 512
-
-#: Ids and label value shared with the Python side (which checks they agree).
-MASK_ID = 0
-UNK_ID = 1
-IGNORE_INDEX = -100
 
 
 cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
@@ -143,7 +155,7 @@ def hash_strings(const uint8_t[::1] data, const int64_t[::1] starts,
 
 def sample_keys(const uint64_t[::1] pid_hash, uint64_t seed, uint64_t epoch,
                 uint64_t[::1] out):
-    """Per-sample generator keys (see ``bioscan_io.reference.sample_key``)."""
+    """Per-sample generator keys (see ``bioscan_io.testing.oracle.sample_key``)."""
     cdef Py_ssize_t i, n = pid_hash.shape[0]
     cdef uint64_t s = mix64(mix64(seed + BK_GOLDEN) + (epoch + 1) * BK_GOLDEN)
     with nogil:
@@ -235,7 +247,7 @@ cdef inline int32_t kmer_id(const uint8_t* p, int k, const uint8_t* lut1,
         v = v * radix + c
         bad |= c
     if bad & BAD:
-        return 1
+        return UNK_ID
     if idlut != NULL:
         return idlut[v]
     return <int32_t>(2 + v)
@@ -249,20 +261,21 @@ cdef inline void k4_block(const uint8_t* x, Py_ssize_t nb, const uint8_t* d,
     # draw would be mispredicted half the time. The arithmetic stays in 32-bit
     # lanes (ids < 2**31) and is widened only on the store, which lets the
     # int64 variant vectorise too.
+    # The selects rely on MASK_ID == 0, UNK_ID == 1 and k-mer ids from 2.
     cdef Py_ssize_t t
     cdef int32_t r, ok = 0, v, m
-    if label_mode == 0:
+    if label_mode == NO_LABELS:
         for t in range(nb):
             r = acgt4(x + 4 * t, &ok)
             ids[t] = <out_t>(((r + 1) & ok) + 1)
             att[t] = 1
-    elif label_mode == 1:
+    elif label_mode == MASKED_LABELS:
         for t in range(nb):
             r = acgt4(x + 4 * t, &ok)
             v = ((r + 1) & ok) + 1
             m = ok & -<int32_t>d[t]
             ids[t] = <out_t>(v & ~m)
-            labels[t] = <out_t>((v & m) | (-100 & ~m))
+            labels[t] = <out_t>((v & m) | (IGNORE_INDEX & ~m))
             att[t] = 1
     else:
         for t in range(nb):
@@ -270,7 +283,7 @@ cdef inline void k4_block(const uint8_t* x, Py_ssize_t nb, const uint8_t* d,
             v = ((r + 1) & ok) + 1
             m = ok & -<int32_t>d[t]
             ids[t] = <out_t>(v & ~m)
-            labels[t] = <out_t>((r & ok) | (-100 & ~ok))
+            labels[t] = <out_t>((r & ok) | (IGNORE_INDEX & ~ok))
             att[t] = 1
 
 
@@ -279,19 +292,19 @@ cdef inline void mask_block(Py_ssize_t nb, const uint8_t* d, int label_mode,
     # The same selects as k4_block, over ids already written.
     cdef Py_ssize_t t
     cdef int32_t v, real, m
-    if label_mode == 1:
+    if label_mode == MASKED_LABELS:
         for t in range(nb):
             v = <int32_t>ids[t]
             m = -<int32_t>((v >= 2) & d[t])
             ids[t] = <out_t>(v & ~m)
-            labels[t] = <out_t>((v & m) | (-100 & ~m))
+            labels[t] = <out_t>((v & m) | (IGNORE_INDEX & ~m))
     else:
         for t in range(nb):
             v = <int32_t>ids[t]
             real = -<int32_t>(v >= 2)
             m = real & -<int32_t>d[t]
             ids[t] = <out_t>(v & ~m)
-            labels[t] = <out_t>(((v - 2) & real) | (-100 & ~real))
+            labels[t] = <out_t>(((v - 2) & real) | (IGNORE_INDEX & ~real))
 
 
 cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
@@ -312,7 +325,7 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
         t0 = 0
         while t0 < full:
             nb = full - t0 if full - t0 < BLOCK else BLOCK
-            if label_mode != 0:
+            if label_mode != NO_LABELS:
                 fill_decisions(key, t0, nb, thr_hi, thr_lo, d)
             k4_block(x + 4 * t0, nb, d, label_mode, ids + t0, att + t0,
                      labels + t0)
@@ -321,7 +334,7 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
         for t in range(full):
             ids[t] = <out_t>kmer_id(x + k * t, k, lut1, lut2, radix, radix2, idlut)
             att[t] = 1
-        if label_mode != 0:
+        if label_mode != NO_LABELS:
             t0 = 0
             while t0 < full:
                 nb = full - t0 if full - t0 < BLOCK else BLOCK
@@ -334,21 +347,21 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
         if rem > 0:
             # Completed with N: always [UNK] unless N is a base.
             if idlut == NULL:
-                ids[t] = 1
+                ids[t] = UNK_ID
             else:
                 for j in range(k):
                     buf[j] = x[full * k + j] if j < rem else 78  # b"N"
                 ids[t] = <out_t>kmer_id(buf, k, lut1, lut2, radix, radix2, idlut)
             att[t] = 0
-            if label_mode != 0:
-                labels[t] = -100
+            if label_mode != NO_LABELS:
+                labels[t] = IGNORE_INDEX
             t += 1
         for j in range(t, T):
             ids[j] = pad_id
             att[j] = 0
-        if label_mode != 0:
+        if label_mode != NO_LABELS:
             for j in range(t, T):
-                labels[j] = -100
+                labels[j] = IGNORE_INDEX
 
 
 def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
@@ -363,8 +376,7 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
 
     ``offsets`` has one entry per row, or none for offset 0; ``keys`` (from
     :func:`sample_keys`) has one per row when ``random_offset`` or masking
-    needs them. ``label_mode`` is 0 (no masking; ``labels`` untouched),
-    1 (Hugging Face labels) or 2 (BarcodeBERT labels); ``thr`` is
+    needs them. ``label_mode`` is a :class:`LabelMode`; ``thr`` is
     ``ceil(p * 2**32)``. ``lut1``/``lut2`` map one/two bytes to base codes
     (``BAD`` bit for anything else); ``idlut`` maps base-5 k-mer values to ids
     in the N-as-a-base vocabulary and is empty otherwise. The outputs may have
@@ -384,7 +396,7 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
         for i in range(n):
             s = starts[i]
             L = ends[i] - s
-            if label_mode != 0 or random_offset:
+            if label_mode != NO_LABELS or random_offset:
                 key = keys[i]
             if random_offset:
                 o = mod_k(mix64(key), k)
@@ -402,4 +414,4 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
             encode_row(base + s if L > 0 else base, L, k, T, &lut1[0], &lut2[0],
                        il, <out_t>pad_id, key, label_mode, thr_hi, thr_lo,
                        &ids[i, 0], &att[i, 0],
-                       &labels[i, 0] if label_mode != 0 else &ids[i, 0])
+                       &labels[i, 0] if label_mode != NO_LABELS else &ids[i, 0])

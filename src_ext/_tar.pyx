@@ -1,6 +1,6 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
-"""Compiled tar header walking for :mod:`bioscan_io.tarscan`.
+"""Compiled tar header walking for :mod:`bioscan_io.format.scan`.
 
 A shard is read as one memory-mapped buffer: the walk touches each member's
 512-byte header and jumps over payloads the task does not need (images, for
@@ -11,8 +11,9 @@ Python wrapper; these kernels trust them.
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcmp, memcpy
 
-# Status codes (the wrapper turns them into messages naming shard and offset).
-cdef enum:
+# Status codes of a walk, exported to Python as ``_tar.Status`` (an IntEnum), so
+# the wrapper names them without retyping the numbers.
+cpdef enum Status:
     OK = 0
     END_MISSING = 1      # the data ends on a member boundary without the two zero blocks
     BAD_CHECKSUM = 2
@@ -20,9 +21,34 @@ cdef enum:
     TRUNCATED = 4
     UNSUPPORTED = 5      # pax / GNU long-name headers or a ustar prefix: use the Python reader
 
+#: What each status means, for the messages naming shard and offset.
 STATUS = {OK: "ok", END_MISSING: "end-of-archive blocks missing", BAD_CHECKSUM: "corrupt header (bad checksum)",
           BAD_SIZE: "corrupt header (bad size field)", TRUNCATED: "truncated member",
           UNSUPPORTED: "pax or GNU long-name header"}
+
+
+cdef inline int64_t _key_end(const uint8_t* name, int64_t length) noexcept nogil:
+    """Where a member name's key ends: at the first dot of its base name (webdataset's rule).
+
+    ``train/AB123.dna`` has key ``train/AB123`` and extension ``dna``; a name with
+    no dot in its base name is all key. The one definition of the member-name
+    rule: the Python readers call it through :func:`key_end`.
+    """
+    cdef int64_t i, slash = -1
+    for i in range(length):
+        if name[i] == 47:  # '/'
+            slash = i
+    for i in range(slash + 1, length):
+        if name[i] == 46:  # '.'
+            return i
+    return length
+
+
+def key_end(const uint8_t[::1] name):
+    """Byte position where the key of the member name ``name`` ends (the dot, or its length)."""
+    if name.shape[0] == 0:
+        return 0
+    return _key_end(&name[0], name.shape[0])
 
 
 cdef inline int64_t _octal(const uint8_t[::1] buf, int64_t at, int n) noexcept nogil:
@@ -77,7 +103,7 @@ def scan(const uint8_t[::1] buf, int64_t start, int64_t stop, const uint8_t[::1]
     """
     cdef int64_t size = buf.shape[0], n_ext = ext.shape[0]
     cdef int64_t pos = 0, h, data, length, nxt, index = -1, row = -1, n = 0
-    cdef int64_t key_s, key_e, name_len, prev_s = 0, prev_e = 0, dot, slash, i
+    cdef int64_t key_s, key_e, name_len, prev_s = 0, prev_e = 0, dot
     cdef int status = END_MISSING
     cdef uint8_t flag
     with nogil:
@@ -106,15 +132,7 @@ def scan(const uint8_t[::1] buf, int64_t start, int64_t stop, const uint8_t[::1]
                 name_len = 0
                 while name_len < 100 and buf[h + name_len] != 0:
                     name_len += 1
-                slash = -1
-                for i in range(name_len):
-                    if buf[h + i] == 47:
-                        slash = i
-                dot = name_len
-                for i in range(slash + 1, name_len):
-                    if buf[h + i] == 46:
-                        dot = i
-                        break
+                dot = _key_end(&buf[h], name_len)
                 key_s, key_e = h, h + dot
                 if (index < 0 or key_e - key_s != prev_e - prev_s
                         or memcmp(&buf[key_s], &buf[prev_s], key_e - key_s) != 0):

@@ -11,7 +11,8 @@ import pytest
 
 from bioscan_io.loader import make_loader
 from bioscan_io.schema import BioscanError
-from bioscan_io.shard import TarSink, read_manifest, shard_split
+from bioscan_io.format import TarSink, read_manifest
+from bioscan_io.shard import shard_split
 
 QUIET = dict(progress=False, log=lambda m: None)
 BATCH = 8

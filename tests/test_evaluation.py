@@ -215,7 +215,7 @@ def test_retrieval_micro_and_macro_on_a_hand_made_case():
 @pytest.mark.parametrize("cache_queries", [True, False])
 def test_chunked_retrieval_equals_unchunked(cache_queries, monkeypatch):
     if not cache_queries:  # queries normalised again for every key block, as with a large query set
-        monkeypatch.setattr("bioscan_io.evaluation._QUERY_CACHE_BYTES", 0)
+        monkeypatch.setattr("bioscan_io.evaluation.retrieval._QUERY_CACHE_BYTES", 0)
     rng = np.random.default_rng(4)
     q = rng.normal(size=(301, 12)).astype(np.float32)
     k = rng.normal(size=(1003, 12)).astype(np.float32)

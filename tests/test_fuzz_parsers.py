@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from bioscan_io.distributed import Segment
-from bioscan_io.loader import ErrorPolicy, _read_segment_tarfile, read_blocks
+from bioscan_io.format import TarReader, local_blocks, read_manifest
+from bioscan_io.loader import ErrorPolicy, read_blocks
 from bioscan_io.metadata import read_metadata
 from bioscan_io.schema import METADATA_CSV, METADATA_JSONLD, BioscanError
-from bioscan_io.shard import read_manifest, shard_split
-from bioscan_io.tarscan import read_column
+from bioscan_io.shard import shard_split
 
 N = int(os.environ.get("BIOSCAN_FUZZ_N", "300"))
 
@@ -62,19 +62,16 @@ def test_tar_readers_survive_mutated_shards(small_shard, tmp_path):
     errors = ErrorPolicy("skip")
     for data in mutations(small_shard, rng, N):
         path.write_bytes(data)
-        found = read_column(str(path), 0, 6, "dna")
-        if found is not None:
-            block, missing, error = found
-            assert len(block["dna"]) + len(missing) <= 6
-            assert error is None or "fuzz.tar" in str(error)
+        block, missing, error = next(local_blocks(str(path), 0, 6, ("dna",)))
+        assert len(block["dna"]) + len(missing) <= 6
+        assert error is None or "fuzz.tar" in str(error)
         blocks = list(read_blocks([Segment(0, 0, 6)], [str(path)], ("dna", "json"), errors, max_rows=4))
         lost = sum(n for n, _ in errors.drain())
         assert sum(len(b["__key__"]) for b in blocks) + lost == 6  # every sample delivered or counted
-        try:
-            samples = list(_read_segment_tarfile(str(path), 0, 6, frozenset(["dna", "json"])))
-            assert len(samples) <= 6
-        except BioscanError as exc:
-            assert "fuzz.tar" in str(exc)
+        reader = TarReader(str(path))
+        samples = list(reader.samples(0, 6, frozenset(["dna", "json"])))
+        assert len(samples) <= 6
+        assert reader.error() is None or "fuzz.tar" in str(reader.error())
 
 
 def test_metadata_reader_survives_mutated_files(dataset_small, tmp_path):

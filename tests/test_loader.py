@@ -16,7 +16,8 @@ import torch
 
 from bioscan_io.loader import make_loader
 from bioscan_io.schema import METADATA_CSV, RANKS, BioscanError
-from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.format import read_manifest
+from bioscan_io.shard import shard_split
 from bioscan_io.tokenizer import KmerTokenizer
 
 HERE = Path(__file__).resolve().parent

@@ -18,9 +18,11 @@ import pytest
 from PIL import Image, ImageFont
 
 from bioscan_io import peek
-from bioscan_io.peek import MISSING_TEXT, PERCENTILES, contact_sheet, split_summary, tile_lines
+from bioscan_io.format import TarSink, read_manifest, scan
+from bioscan_io.peek import MISSING_TEXT, contact_sheet, tile_lines
 from bioscan_io.schema import MAX_NUCLEOTIDES, METADATA_CSV, RANKS, TEXT_RANKS, BioscanError
-from bioscan_io.shard import TarSink, read_manifest, shard_split
+from bioscan_io.shard import shard_split
+from bioscan_io.summary import PERCENTILES, split_summary
 
 from conftest import cli
 
@@ -157,7 +159,7 @@ def test_sheet_reads_pax_shards_with_tarfile(shards, tmp_path):
                 info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
                 info.size = len(s[ext])
                 tar.addfile(info, io.BytesIO(s[ext]))
-    assert peek._count_samples(path, 4) is None  # the compiled walk hands it over
+    assert scan(str(path), 0, 4, ("json",)) is None  # the compiled walk hands it over
     sheet = contact_sheet(path, n=3, thumb=48)
     assert sheet.keys == [s["__key__"] for s in samples[:3]]
 

@@ -13,7 +13,8 @@ import torch
 
 from bioscan_io.loader import make_loader
 from bioscan_io.schema import BioscanError
-from bioscan_io.shard import read_manifest, shard_split
+from bioscan_io.format import read_manifest
+from bioscan_io.shard import shard_split
 
 moto_server = pytest.importorskip("moto.server", reason="the S3 test server is in the test extra (moto[server])")
 pytest.importorskip("s3fs", reason="s3:// URLs need the remote extra (s3fs)")

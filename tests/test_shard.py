@@ -27,7 +27,8 @@ from bioscan_io.schema import (
     BioscanError,
     image_relpath,
 )
-from bioscan_io.shard import LABELS, MANIFEST, read_manifest, shard_split
+from bioscan_io.format import LABELS, MANIFEST, read_manifest
+from bioscan_io.shard import shard_split
 
 from conftest import cli
 

@@ -13,7 +13,9 @@ import pytest
 
 from bioscan_io import synth
 from bioscan_io.schema import DATASET_DIR, METADATA_CSV, PACKAGES, BioscanError
-from bioscan_io.shard import LABELS, MISSING_REPORT, find_archives, index_archive, read_manifest, shard_split
+from bioscan_io.format import LABELS, MISSING_REPORT, read_manifest
+from bioscan_io.shard import shard_split
+from bioscan_io.sources import find_archives, index_archive
 
 from conftest import cli
 

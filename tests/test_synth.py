@@ -471,14 +471,16 @@ def test_tiny_datasets(tmp_path):
 
 
 def test_generate_main(tmp_path, capsys):
-    assert synth.generate_main([str(tmp_path / "g"), "--records", "50", "--seed", "2", "--no-images"]) == 0
+    from bioscan_io.cli import main
+
+    assert main(["generate", str(tmp_path / "g"), "--records", "50", "--seed", "2", "--no-images"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "50 records" in out and "no images" in out
     assert len(read_rows(tmp_path / "g")) == 50
-    assert synth.generate_main([str(tmp_path / "h"), "--records", "0"]) == 1
+    assert main(["generate", str(tmp_path / "h"), "--records", "0"]) == 2  # a user error exits 2
     assert "n_records must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        synth.generate_main([str(tmp_path / "h"), "--package", "nope"])
+        main(["generate", str(tmp_path / "h"), "--package", "nope"])
 
 
 def test_demo_root_concurrent(tmp_path, monkeypatch):
@@ -490,7 +492,7 @@ def test_demo_root_concurrent(tmp_path, monkeypatch):
         """
     )
     env = {**os.environ, synth.DEMO_ENV: str(target)}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(synth.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(synth.__file__).parents[2]), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)

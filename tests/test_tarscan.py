@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from bioscan_io.loader import ErrorPolicy, read_blocks
 from bioscan_io.distributed import Segment
+from bioscan_io.format import block_bounds, local_blocks, read_manifest, scan
+from bioscan_io.loader import ErrorPolicy, read_blocks
 from bioscan_io.schema import BioscanError
-from bioscan_io.shard import read_manifest, shard_split
-from bioscan_io.tarscan import read_column
+from bioscan_io.shard import shard_split
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,12 @@ def shard(dataset_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tarscan")
     s = shard_split(dataset_small, "all", out=out, maxcount=150, progress=False, log=lambda m: None)
     return Path(s.folder) / read_manifest(s.folder)["shards"][0]["name"]
+
+
+def read_column(path: str, start: int, stop: int, ext: str):
+    """``(block, keys missing the member, error)``: one member of samples ``start <= i < stop``, in one block."""
+    block, missing, error = next(local_blocks(path, start, stop, (ext,)))
+    return block, [key for key, _ in missing], error
 
 
 def stock(path) -> list[dict]:
@@ -57,7 +63,7 @@ def _pax_shard(path: Path, n: int) -> None:
 def test_pax_headers_fall_back_to_the_python_reader(tmp_path):
     path = tmp_path / "pax.tar"
     _pax_shard(path, 5)
-    assert read_column(str(path), 0, 5, "dna") is None
+    assert scan(str(path), 0, 5, ("dna",)) is None
     (block,) = read_blocks([Segment(0, 1, 4)], [str(path)], ("dna",), ErrorPolicy("raise"))
     want = stock(path)[1:4]
     assert block["__key__"].to_pylist() == [s["__key__"] for s in want]
@@ -125,7 +131,6 @@ def test_blocks_are_bounded_and_complete(shard, tmp_path, pax):
 
 
 def test_block_bounds_respect_rows_and_bytes():
-    from bioscan_io.loader import block_bounds
 
     sizes = np.array([5, 5, 50, 5, 5, 5, 100, 1])
     assert block_bounds(sizes, None, None) == [(0, 8)]

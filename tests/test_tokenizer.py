@@ -1,4 +1,4 @@
-"""KmerTokenizer.encode, vocabulary and inputs, checked against bioscan_io.reference."""
+"""KmerTokenizer.encode, vocabulary and inputs, checked against bioscan_io.testing.oracle."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bioscan_io import reference as ref
 from bioscan_io.schema import MAX_NUCLEOTIDES, BioscanError
-from bioscan_io.tokenizer import MASK_ID, UNK_ID, KmerTokenizer, processid_keys
+from bioscan_io.testing import oracle as ref
+from bioscan_io.tokenizer import IGNORE_INDEX, MASK_ID, UNK_ID, KmerTokenizer, processid_keys
 from test_tokenizer_strategies import as_form, batch
 
 ALL_K = list(range(1, 9))
@@ -162,6 +162,12 @@ def test_vocabulary_k8_n_as_base_ids():
     assert tok.token_to_id("AAAAAAAN") == 2 + 4**8
     assert tok.token_to_id("NNNNNNNN") == tok.vocab_size - 1 == tok.pad_id
     assert tok.id_to_token(2 + 4**8) == "AAAAAAAN"
+
+
+def test_special_ids_match_barcodebert():
+    # One definition (the kernel's, re-exported by the tokenizer and read by the
+    # oracle), so the specification's values are pinned here, not compared.
+    assert (MASK_ID, UNK_ID, IGNORE_INDEX) == (0, 1, -100)
 
 
 def test_token_to_id_and_decode():
@@ -348,13 +354,13 @@ def test_bad_encode_arguments():
 
 def test_corrupt_row_offsets_are_refused(monkeypatch):
     # pyarrow validates arrays it builds, so fake what a corrupt one would give.
-    import bioscan_io.tokenizer as T
+    import bioscan_io.buffers as B
 
     def corrupt(values, what):
         data = np.frombuffer(b"ACGTACGT", dtype=np.uint8)
-        return [T._Chunk(data, np.array([0, 4], np.int64), np.array([4, 100], np.int64))]
+        return [B.Chunk(data, np.array([0, 4], np.int64), np.array([4, 100], np.int64))]
 
-    monkeypatch.setattr(T, "_chunks_from_arrow", corrupt)
+    monkeypatch.setattr(B, "_chunks_from_arrow", corrupt)
     with pytest.raises(BioscanError, match="outside"):
         KmerTokenizer().encode(pa.array(["ACGT", "ACGT"]))
 

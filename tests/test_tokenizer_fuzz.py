@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from bioscan_io import reference as ref
+from bioscan_io.testing import oracle as ref
 from bioscan_io.tokenizer import IGNORE_INDEX, KmerTokenizer
 
 FUZZ_N = int(os.environ.get("BIOSCAN_FUZZ_N", "100000"))

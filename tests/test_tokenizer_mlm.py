@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bioscan_io import reference as ref
 from bioscan_io.schema import BioscanError
+from bioscan_io.testing import oracle as ref
 from bioscan_io.tokenizer import IGNORE_INDEX, MASK_ID, UNK_ID, KmerTokenizer, processid_keys
 from test_tokenizer_strategies import as_form, batch
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from bioscan_io.schema import METADATA_CSV, image_relpath
-from bioscan_io.shard import MANIFEST, TarSink, read_manifest, shard_split
+from bioscan_io.format import MANIFEST, TarSink, read_manifest
+from bioscan_io.shard import shard_split
 from bioscan_io.verify import verify_split
 
 from conftest import cli

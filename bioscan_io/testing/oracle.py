@@ -1,8 +1,20 @@
-"""Pure-Python reference of the k-mer tokenizer: the test oracle of ``bioscan_io._kmer``.
+"""The reference implementation of the k-mer tokenizer and MLM masking: an oracle.
 
-Written for clarity, one sequence and one position at a time, straight from the
-specification; :class:`bioscan_io.tokenizer.KmerTokenizer` must agree with it bit
-for bit. It is also the normative definition of the random generator.
+This is the slow, obviously-correct re-implementation of what the compiled
+kernel ``bioscan_io._kmer`` computes through
+:class:`bioscan_io.tokenizer.KmerTokenizer`: tokenization, random offsets and
+masking, written for clarity with Python integers, one sequence and one
+position at a time, straight from the specification. The kernel must agree
+with it bit for bit. It is for tests, and for users who want to check the
+kernel on their own machine or data; the loader never uses it.
+
+Only the specification's constants -- the special tokens, their ids and the
+ignored-label value -- are imported from the tokenizer, so that they have one
+definition. Everything the kernel computes (vocabulary order, k-mer ids,
+padding, the generator and its constants, the masking rule, labels) is written
+again here from the specification, independently of the kernel's code.
+
+It is also the normative definition of the random generator.
 
 Random generator
 ----------------
@@ -45,10 +57,29 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
-MASK_ID = 0
-UNK_ID = 1
-IGNORE_INDEX = -100
+from ..tokenizer import IGNORE_INDEX, MASK_ID, MASK_TOKEN, UNK_ID, UNK_TOKEN
 
+__all__ = [
+    "FNV_OFFSET",
+    "FNV_PRIME",
+    "GOLDEN",
+    "as_bytes",
+    "encode",
+    "encode_mlm",
+    "encode_mlm_one",
+    "encode_one",
+    "fnv1a64",
+    "is_masked",
+    "mix64",
+    "offset_draw",
+    "rand",
+    "sample_key",
+    "uniform32",
+    "vocabulary",
+]
+
+# The generator's constants are retyped from the specification on purpose, not
+# read from the kernel: they define the behaviour under test.
 GOLDEN = 0x9E3779B97F4A7C15
 M64 = (1 << 64) - 1
 FNV_OFFSET = 0xCBF29CE484222325
@@ -111,7 +142,7 @@ def is_masked(key: int, t: int, p: float) -> bool:
 
 def vocabulary(k: int, n_as_base: bool = False) -> list[str]:
     """Tokens by id: [MASK], [UNK], ACGT k-mers, then (n_as_base) those with N."""
-    vocab = ["[MASK]", "[UNK]"]
+    vocab = [MASK_TOKEN, UNK_TOKEN]
     vocab += ["".join(p) for p in itertools.product("ACGT", repeat=k)]
     if n_as_base:
         vocab += ["".join(p) for p in itertools.product("ACGTN", repeat=k) if "N" in p]
@@ -135,13 +166,11 @@ def encode_one(
     index = _index(k, n_as_base)
     n_tokens = max_len // k
     x = as_bytes(seq)[offset:]
-    if len(x) > max_len:
-        x = x[:max_len]
-        att = [1] * n_tokens
-    else:
-        n_att = len(x) // k
-        att = [1] * n_att + [0] * (n_tokens - n_att)
-        x = x + b"N" * (max_len - len(x))
+    # A sequence longer than max_len is cut and attended throughout; a shorter
+    # one is attended over its whole k-mers and padded with N.
+    n_att = n_tokens if len(x) > max_len else len(x) // k
+    att = [1] * n_att + [0] * (n_tokens - n_att)
+    x = x[:max_len].ljust(max_len, b"N")
     ids = [index.get(x[i * k : (i + 1) * k], UNK_ID) for i in range(n_tokens)]
     return ids, att
 

@@ -1,0 +1,273 @@
+"""Read the members of a range of samples of a local shard as Arrow columns.
+
+The compiled walk (``src_ext/_tar.pyx``) visits each 512-byte header of a
+memory-mapped shard and jumps over the payloads not asked for, so reading the
+barcodes of a shard that also holds images costs a few header reads per sample
+and no Python object per sample. Shards it cannot walk (pax or GNU long-name
+headers) are read by :class:`~bioscan_io.format.tar.TarReader`; both give the
+same blocks, through :func:`local_blocks`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from ..schema import BioscanError
+
+try:
+    from .. import _tar
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "bioscan_io._tar (the compiled tar reader) is not built: run `pip install -e .` "
+        "or `python setup.py build_ext --inplace` in the source tree"
+    ) from exc
+
+__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "local_blocks", "block_bounds", "read_members"]
+
+# A plain shared map: the walk faults in only the pages holding headers and the
+# wanted payloads. MAP_POPULATE measured no faster on warm page cache, and on a
+# cold disk it would read every image too.
+_MAP_FLAGS = mmap.MAP_SHARED
+
+
+class ShardError(BioscanError):
+    """A fault in a shard; ``detail`` says what and where, the message names the shard too."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class ShortShard(ShardError):
+    """The shard ends (soundly) before the last sample asked for."""
+
+
+def _column(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_) -> pa.Array:
+    lengths = ends - starts
+    offsets = np.empty(len(starts) + 1, dtype=np.int64)
+    values = np.empty(int(lengths.sum()), dtype=np.uint8)
+    _tar.gather(buf, np.ascontiguousarray(starts), np.ascontiguousarray(ends), values, offsets)
+    return pa.Array.from_buffers(type_, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
+class ShardScan:
+    """One header walk over a memory-mapped shard; payloads gathered block by block.
+
+    Made by :func:`scan`. The walk records byte positions only (32 bytes a sample
+    and member), so a segment of a 1 GiB shard of images is read a block at a time
+    (:meth:`gather`), never whole. Use as a context manager: it holds the map.
+
+    Attributes
+    ----------
+    n : int
+        Samples recorded (``stop - start`` unless the shard is short or faulty).
+    error : ShardError or None
+        The fault that stopped the walk, naming shard and byte offset, or a shard
+        shorter than asked (:class:`ShortShard`); the ``n`` samples before it are good.
+    """
+
+    def __init__(self, mm: mmap.mmap | None, rows: dict, n: int, error: ShardError | None):
+        self._mm, self._rows = mm, rows
+        self.n, self.error = n, error
+        self._buf = np.frombuffer(mm, dtype=np.uint8) if mm is not None else None
+
+    def gather(self, lo: int = 0, hi: int | None = None) -> tuple:
+        """``(keys, values, present)`` of recorded samples ``lo <= i < hi``.
+
+        ``keys``: large_string array; ``values[ext]``: large_binary array aligned
+        with ``keys`` (empty where absent); ``present[ext]``: bool array.
+        """
+        hi = self.n if hi is None else hi
+        if self._buf is None or hi <= lo:
+            return _empty(self._rows)
+        values, present, rows = {}, {}, None
+        for ext, all_rows in self._rows.items():
+            rows = all_rows[lo:hi]
+            present[ext] = rows[:, 2] >= 0
+            values[ext] = _column(self._buf, rows[:, 2], rows[:, 3], pa.large_binary())
+        return _column(self._buf, rows[:, 0], rows[:, 1], pa.large_string()), values, present
+
+    def sizes(self) -> np.ndarray:
+        """Payload bytes of each recorded sample, over the members walked for."""
+        total = np.zeros(self.n, np.int64)
+        for rows in self._rows.values():
+            total += np.maximum(rows[:, 3] - rows[:, 2], 0)
+        return total
+
+    def close(self) -> None:
+        self._buf = None  # release the map's buffer before it closes
+        if self._mm is not None:
+            self._mm.close()
+
+    def __enter__(self) -> ShardScan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _empty(exts) -> tuple:
+    values = {ext: pa.array([], pa.large_binary()) for ext in exts}
+    return pa.array([], pa.large_string()), values, {ext: np.zeros(0, bool) for ext in exts}
+
+
+def scan(path: str, start: int, stop: int, exts, name: str | None = None) -> ShardScan | None:
+    """Walk the headers of samples ``start <= i < stop`` for the members ``exts``.
+
+    One memory map, one walk per extension (the header pages stay hot). None when
+    the shard uses headers the compiled walk does not read (use the Python
+    reader). Messages name the shard ``name`` (default: ``path``; a local copy of
+    a remote shard is named by its URL).
+    """
+    name = name or path
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise BioscanError(f"cannot open shard {name}: {exc.strerror or exc}") from None
+    with f:  # the map keeps its own handle on the file
+        if os.fstat(f.fileno()).st_size == 0:
+            rows = {ext: np.empty((0, 4), np.int64) for ext in exts}
+            return ShardScan(None, rows, 0, ShardError(f"shard {name} is empty", "empty file"))
+        mm = mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+    try:
+        found, n, error = _walk(mm, name, start, stop, exts)
+    except BaseException:
+        mm.close()
+        raise
+    if found is None:
+        mm.close()
+        return None
+    return ShardScan(mm, {ext: rows[:n] for ext, rows in found.items()}, n, error)
+
+
+def _walk(mm: mmap.mmap, name: str, start: int, stop: int, exts):
+    """``(rows per extension, samples recorded, error)``; None for the rows if unsupported."""
+    want = stop - start
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        found, error, n = {}, None, want
+        for ext in exts:
+            rows = np.empty((want, 4), dtype=np.int64)
+            got, status, offset = _tar.scan(buf, start, stop, np.frombuffer(ext.encode(), dtype=np.uint8), rows)
+            if status == _tar.Status.UNSUPPORTED:
+                return None, 0, None
+            if status != _tar.Status.OK:
+                error = _fault(buf, name, status, offset)
+            elif got < want:
+                error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
+            found[ext], n = rows, min(n, got)
+        return found, n, error
+    finally:
+        del buf  # release the map's buffer, so that it can close
+
+
+def _fault(buf: np.ndarray, name: str, status: int, offset: int) -> ShardError:
+    what = _tar.STATUS[status]
+    if offset == 0:
+        return ShardError(f"{name} is not a tar shard ({what} at byte 0)", f"{what} at byte 0")
+    member = bytes(buf[offset:offset + 100]).split(b"\0", 1)[0]
+    detail = f"{what} at byte {offset}" + (f" (member {member.decode(errors='replace')!r})" if member else "")
+    return ShardError(f"shard {name}: {detail}", detail)
+
+
+def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
+    """``(lo, hi)`` row ranges of at most ``max_rows`` rows and ``max_bytes`` (at least one row each)."""
+    n = len(sizes)
+    ends = np.cumsum(sizes)
+    bounds, lo = [], 0
+    while lo < n:
+        hi = n if max_rows is None else min(n, lo + max_rows)
+        if max_bytes is not None:
+            before = ends[lo - 1] if lo else 0
+            hi = max(lo + 1, min(hi, int(np.searchsorted(ends, before + max_bytes, side="right"))))
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds or [(0, 0)]
+
+
+def local_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None = None,
+                 max_bytes: int | None = None, name: str | None = None):
+    """``(block, missing, error)`` per block of samples ``start <= i < stop`` of a local shard.
+
+    ``block`` is ``{"__key__": keys, ext: payloads...}`` for the samples that have
+    every member in ``exts``; ``missing`` lists ``(key, ext)`` for the others;
+    ``error`` (only with the last block) is the fault that ended the read early,
+    the samples before it being good. A block holds at most ``max_rows`` samples
+    and ``max_bytes`` of payload (None: no bound; at least one sample).
+    """
+    for keys, values, present, error in _raw_blocks(path, start, stop, tuple(exts), (max_rows, max_bytes), name):
+        # A fault can cut the last sample walked short: it is lost, not "missing".
+        checked = len(keys) - (error is not None and not isinstance(error, ShortShard))
+        yield (*_complete_rows(keys, values, present, checked), error)
+
+
+def read_members(path: str, start: int, stop: int, exts, name: str | None = None) -> tuple:
+    """Keys, payloads and presence of several members of samples ``start <= i < stop``, at once.
+
+    Returns
+    -------
+    (keys, values, present, error)
+        As :meth:`ShardScan.gather` plus the fault that ended the read early
+        (a :class:`ShortShard` when the shard merely holds fewer samples).
+    """
+    blocks = list(_raw_blocks(path, start, stop, tuple(exts), (None, None), name))
+    return blocks[0] if blocks else (*_empty(exts), None)
+
+
+def _raw_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str | None):
+    """``(keys, values, present, error)`` per block, every sample walked kept; ``error`` with the last only."""
+    found = scan(path, start, stop, exts, name=name)
+    if found is None:  # headers the walk does not read
+        yield from _tarfile_blocks(path, start, stop, exts, limits, name or path)
+        return
+    with found:
+        for lo, hi in block_bounds(found.sizes(), *limits):
+            yield (*found.gather(lo, hi), found.error if hi == found.n else None)
+
+
+def _complete_rows(keys, values: dict, present: dict, checked: int):
+    """Keep the samples that have every member; name the missing ones among the first ``checked``."""
+    have = np.logical_and.reduce([present[ext] for ext in values])
+    if have.all():
+        return {"__key__": keys, **values}, []
+    pids = keys.to_pylist()
+    missing = [(pids[i], next(ext for ext in values if not present[ext][i]))
+               for i in np.flatnonzero(~have[:max(checked, 0)])]
+    mask = pa.array(have)
+    return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
+
+
+def _tarfile_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str):
+    """:func:`_raw_blocks` through :class:`~bioscan_io.format.tar.TarReader` (pax headers)."""
+    from .tar import TarReader
+
+    max_rows, max_bytes = limits
+    samples, held, got = [], 0, 0
+
+    def block(error=None):
+        keys = pa.array([s["__key__"] for s in samples], pa.large_string())
+        values = {ext: pa.array([s.get(ext) for s in samples], pa.large_binary()) for ext in exts}
+        present = {ext: np.array([ext in s for s in samples], bool) for ext in exts}
+        return keys, values, present, error
+
+    reader = TarReader(path, name=name)
+    for sample in reader.samples(start, stop, frozenset(exts)):
+        sample = sample.as_dict()
+        size = sum(len(sample[ext]) for ext in exts if ext in sample)
+        if samples and max_bytes is not None and held + size > max_bytes:
+            yield block()
+            samples, held = [], 0
+        samples.append(sample)
+        held, got = held + size, got + 1
+        if max_rows and len(samples) == max_rows:
+            yield block()
+            samples, held = [], 0
+    error = reader.error()
+    if error is None and start + got < stop:
+        error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
+    if samples or error is not None:
+        yield block(error)
