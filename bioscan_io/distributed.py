@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
+__all__ = ["world_info", "Segment", "shard_order", "rank_range", "batches_per_rank", "worker_range", "segments"]
+
 def world_info() -> tuple[int, int]:
     """``(rank, world_size)``: from torch.distributed when initialised, else the
     environment torchrun sets (``RANK``, ``WORLD_SIZE``), else ``(0, 1)``."""

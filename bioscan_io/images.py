@@ -59,6 +59,9 @@ from PIL import Image
 from . import _pillow
 from .schema import RGB_MEAN, RGB_STD, BioscanError
 
+__all__ = ["EOI_SLACK", "has_eoi", "decode", "random_resized_crop_box", "eval_box", "PreparedImage",
+           "decode_train", "decode_eval", "train_transform", "eval_transform", "stack", "normalize"]
+
 _BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
 _FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT if hasattr(Image, "Transpose") else Image.FLIP_LEFT_RIGHT
 _FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM if hasattr(Image, "Transpose") else Image.FLIP_TOP_BOTTOM

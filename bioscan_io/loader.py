@@ -463,7 +463,7 @@ def make_loader(
     shards = find_shards(urls, storage_options)
     if spec.needs_labels and shards.labels is None:
         raise BioscanError(f"task {task!r} needs labels.json beside the split folder of {shards.urls[0]}")
-    if task == "classify" and label_rank not in RANKS:
+    if label_rank not in RANKS:
         raise BioscanError(f"unknown label_rank {label_rank!r}; ranks are {', '.join(RANKS)}")
     train = spec.train if train is None else train
     pad = spec.pad if pad is None else pad

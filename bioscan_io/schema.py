@@ -9,6 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 
+__all__ = [
+    "COLUMN_KINDS", "COLUMNS", "STRING_COLUMNS", "CATEGORICAL_COLUMNS", "FLOAT_COLUMNS", "UINT8_COLUMNS",
+    "NULLABLE_INT_COLUMNS", "RANKS", "TAXONOMIC_RANKS", "TEXT_RANKS", "MISSING_RANK_TEXT", "MISSING_LABEL",
+    "SPLIT_SIZES", "SPLITS", "SEEN_SPLITS", "UNSEEN_SPLITS", "SPLIT_UNIONS", "SPLIT_ALIASES",
+    "CHUNK_LENGTH", "PACKAGES", "DEFAULT_PACKAGE", "DATASET_DIR", "METADATA_CSV", "METADATA_JSONLD",
+    "IMAGES_DIR", "IMAGE_ARCHIVE_STEM", "IMAGE_ARCHIVE_PATTERN", "ARCHIVE_IMAGES_PREFIX", "ROOT_ENV",
+    "RGB_MEAN", "RGB_STD", "MAX_NUCLEOTIDES", "NA_VALUES", "BioscanError", "chunk_of", "image_relpath",
+    "image_subpath", "expand_split", "split_folder_name"
+]
+
 #: Every metadata column, in the order of the published CSV file, with its type as
 #: the official loader reads it: "str" (plain string), "category" (categorical
 #: string; an empty cell means missing), "float" (empty means missing), "uint8",
