@@ -141,6 +141,20 @@ def _verify(args) -> int:
     return 0 if report.ok else 1
 
 
+# ----------------------------------------------------------------------------- index
+
+
+def _index_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="split folder holding manifest.json and the shards")
+
+
+def _index(args) -> None:
+    from .format import index_split
+
+    n = index_split(args.folder)
+    print(f"bioscan-io index: {args.folder}: wrote {n} shard index(es); manifest.json now lists them")
+
+
 # ----------------------------------------------------------------------------- peek
 
 
@@ -204,6 +218,12 @@ COMMANDS = {
                       "complete, every record of the metadata present once and unchanged. "
                       "Exit status: 0 OK, 1 problems found, 2 usage error.",
                       _verify_arguments, _verify),
+    "index": Command("write the per-shard indexes of a split sharded by an older bioscan-io",
+                     "Write each shard's index (member offsets, barcodes, ranks, label indices: what the loader "
+                     "reads instead of walking tar headers) beside it, and list them in manifest.json "
+                     "(format version 2). For split folders sharded before indexes existed, or to replace a "
+                     "damaged index.",
+                     _index_arguments, _index),
     "peek": Command("contact-sheet PNG of a shard's first samples, and a summary of its split",
                     "Render the first samples of a shard as a contact-sheet PNG (image, processid, "
                     "order/family/genus/species, barcode length) and print a summary of its split "

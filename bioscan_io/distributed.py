@@ -97,7 +97,7 @@ def segments(counts, order: np.ndarray, start: int, stop: int) -> list[Segment]:
     out: list[Segment] = []
     pos = start
     while pos < stop:
-        lap, offset = divmod(pos, total)
+        offset = pos % total
         i = int(np.searchsorted(ends, offset, side="right"))
         take = min(int(ends[i]) - offset, stop - pos)
         local = offset - int(begins[i])

@@ -17,6 +17,7 @@ what each task puts in them is :mod:`bioscan_io.tasks`'s table.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -32,7 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed as dist_plan
 from . import storage
-from .format import LABELS, MANIFEST, TarReader, local_blocks, parse_manifest, parse_records, read_labels
+from .format import (LABELS, MANIFEST, TarReader, indexed_blocks, load_index, local_blocks, parse_manifest,
+                     parse_records, read_labels)
 from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 
@@ -51,11 +53,17 @@ DEFAULT_BLOCK_BYTES = 256 << 20
 
 @dataclass
 class ShardSet:
-    """Shard URLs with their sample counts, and the label values if known."""
+    """Shard URLs with their sample counts, the label values if known, and their indexes if any.
+
+    ``indexes[i]`` is the URL of shard ``i``'s index (None: read through its tar
+    headers) and ``entries[i]`` its manifest entry, which the index must match.
+    """
 
     urls: list[str]
     counts: list[int]
     labels: dict | None = None
+    indexes: list | None = None
+    entries: list | None = None
 
     @property
     def total(self) -> int:
@@ -95,19 +103,34 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
         raise BioscanError(f"no shard manifest at {manifest_url}")
 
     base = storage.dirname(manifest_url)
-    if manifest is not None:
-        by_name = {s["name"]: s["count"] for s in manifest["shards"]}
-        if listed is None:
-            listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
-        names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise BioscanError(f"shard {unknown[0]} is not in the manifest {manifest_url}")
-        counts = [by_name[n] for n in names]
-    else:
-        counts = [_count_local(u) for u in listed]
     labels = read_labels(storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options))
-    return ShardSet(listed, counts, labels)
+    if manifest is None:
+        return ShardSet(listed, [_count_local(u) for u in listed], labels)
+    by_name = {s["name"]: s for s in manifest["shards"]}
+    if listed is None:
+        listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
+    names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise BioscanError(f"shard {unknown[0]} is not in the manifest {manifest_url}")
+    entries = [by_name[n] for n in names]
+    # A pipe: command streams its shard: there is no index URL beside it to read.
+    indexes = [storage.join(storage.dirname(u), e["index"]["name"]) if e.get("index") and not u.startswith("pipe:")
+               else None for u, e in zip(listed, entries)]
+    if not all(e.get("index") for e in entries):
+        _notice_unindexed(base)
+    return ShardSet(listed, [e["count"] for e in entries], labels, indexes, entries)
+
+
+_NOTICED: set = set()
+
+
+def _notice_unindexed(folder: str) -> None:
+    """One line, once per split folder: version-1 shards are read through their tar headers."""
+    if folder not in _NOTICED:
+        _NOTICED.add(folder)
+        log.warning("%s: shards without a per-shard index (format version 1) are read through their tar "
+                    "headers; `bioscan-io index %s` adds the indexes", folder, folder)
 
 
 def _count_local(url: str) -> int:
@@ -142,11 +165,15 @@ class ErrorPolicy:
         return out
 
 
-def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, *, max_rows: int | None = None,
+def read_blocks(segments, shards, exts, errors: ErrorPolicy, *, max_rows: int | None = None,
                 max_bytes: int | None = None, open_url=storage.open_read):
     """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
 
-    Each segment is read with one header walk and cut into blocks of at most
+    ``shards`` is a :class:`ShardSet` (or a list of shard URLs). A shard with an
+    index (format version 2) is read from its memory-mapped index: barcodes and
+    the record fields (as a ``"record"`` struct column in place of ``.json``)
+    with no tar page touched, images at the offsets the index gives. Any other
+    segment is read with one header walk. Either way it is cut into blocks of at most
     ``max_rows`` samples and ``max_bytes`` of payload (None: no bound; a block
     holds at least one sample), so a worker never holds more than a block of
     images. Shards go through the compiled walk (no Python object per sample);
@@ -156,11 +183,12 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, *, max_row
     skipped per ``errors``; skipping loses only the samples the fault made unreadable.
     """
     exts = tuple(sorted(exts))
+    if not isinstance(shards, ShardSet):
+        shards = ShardSet([str(u) for u in shards], [])
     for seg in segments:
-        url = urls[seg.shard]
+        url = shards.urls[seg.shard]
         done = 0  # samples of the segment delivered or reported
-        for block, missing, error in _segment_blocks(url, seg.start, seg.stop, exts, (max_rows, max_bytes),
-                                                     open_url):
+        for block, missing, error in _segment_blocks(shards, seg, exts, (max_rows, max_bytes), open_url):
             for key, ext in missing:
                 errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
             n = len(block["__key__"])
@@ -172,22 +200,48 @@ def read_blocks(segments, urls: list[str], exts, errors: ErrorPolicy, *, max_row
                 yield block
 
 
-def _segment_blocks(url: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, open_url):
-    """``format.local_blocks`` of one segment; a remote shard is first copied to a local temporary file.
+def _segment_blocks(shards: ShardSet, seg, exts: tuple[str, ...], limits: tuple, open_url):
+    """``(block, missing, error)`` per block of one segment, through its index when it has one.
+
+    Messages name the shard (and index) by URL.
+    """
+    url = shards.urls[seg.shard]
+    index_url = shards.indexes[seg.shard] if shards.indexes else None
+    if index_url is None:
+        with _local(url, open_url) as path:
+            yield from local_blocks(path, seg.start, seg.stop, exts, *limits, name=url)
+        return
+    with _local(index_url, open_url) as path:
+        index = load_index(path, shards.entries[seg.shard], name=index_url)
+    if "jpg" not in exts:  # no tar page touched
+        yield from indexed_blocks(index, seg.start, seg.stop, exts, *limits, name=url)
+        return
+    with _local(url, open_url) as path:
+        yield from indexed_blocks(index, seg.start, seg.stop, exts, *limits, tar=path, name=url)
+
+
+@contextlib.contextmanager
+def _local(url: str, open_url):
+    """A local path for ``url``: the file itself, or a remote one copied to a temporary file.
 
     A stream cannot be memory-mapped; the copy costs the bytes a tar reader would
-    stream through anyway. Messages name the shard by ``url``.
+    stream through anyway.
     """
     if storage.is_url(url):
         with storage.spool(url, open_url) as local:
-            yield from local_blocks(local, start, stop, exts, *limits, name=url)
+            yield local
     else:
-        yield from local_blocks(storage.local_path(url), start, stop, exts, *limits, name=url)
+        yield storage.local_path(url)
 
 
 def add_record_columns(blocks, task: Task, urls: list[str], errors: ErrorPolicy):
     """Replace each block's ``.json`` column by the columns the task needs (labels, text)."""
     for block in blocks:
+        if "record" in block:  # read from the index: the fields, already columns
+            record = block.pop("record")
+            block.update(task.record_columns(pa.Table.from_struct_array(record)))
+            yield block
+            continue
         if "json" not in block:
             yield block
             continue
@@ -292,7 +346,7 @@ class EpochStream(IterableDataset):
         # Batch-level stages: columns in, one batch out per slice of rows.
         stages = [
             lambda: iter(segments),
-            lambda segs: read_blocks(segs, urls, task.members, errors, max_rows=self.block_rows,
+            lambda segs: read_blocks(segs, self.shards, task.members, errors, max_rows=self.block_rows,
                                      max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url),
             lambda blocks: add_record_columns(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),

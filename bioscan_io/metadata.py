@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from .atomic import replacing
 from .schema import (
     COLUMN_KINDS,
     COLUMNS,
@@ -242,14 +243,9 @@ def _write_cache(path: Path, cache_dir: Path) -> Path:
     cache = cache_path(path, cache_dir)
     if not cache.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-        try:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-                for batch in _batches(path):
-                    writer.write_batch(batch)
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(cache) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+            for batch in _batches(path):
+                writer.write_batch(batch)
     return cache
 
 

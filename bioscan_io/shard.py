@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from . import atomic, storage
 from . import metadata as md
-from .format import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MISSING_REPORT, ShardInfo, TarSink, publish_order,
-                     read_manifest, sample_payloads, write_json)
+from .format import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MEMBERS, MISSING_REPORT, RECORD_FIELDS, ShardInfo,
+                     TarSink, build_index, index_from_shard, index_name, labels_path, publish_order, read_labels,
+                     read_manifest, sample_payloads, write_index, write_json)
 from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError, expand_split, split_folder_name
 from .sources import FolderImages, ZipImages, image_keys, image_reader, open_images
 
@@ -172,39 +173,55 @@ def _fingerprint(**parts) -> str:
     return digest.hexdigest()
 
 
-_TABLE: pa.Table | None = None  # the metadata, memory-mapped in each writer process
+# Each writer process's metadata (memory-mapped) and label values (for the index).
+_TABLE: pa.Table | None = None
+_LABELS: dict | None = None
 
 
-def _init_worker(cache: str) -> None:
+def _init_worker(cache: str, labels: str) -> None:
     # Die with the parent: a killed bioscan-shard must not leave workers behind.
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    _init_table(cache)
+    _init_tables(cache, labels)
 
 
 def write_shard(task: tuple) -> ShardInfo:
-    """Write one shard: the members of ``format.MEMBERS`` for each record.
+    """Write one shard (the members of ``format.MEMBERS`` for each record), then its index.
 
     Runs in a worker process (the metadata table is the worker's memory map).
+    The index is renamed into place before the shard: a shard on disk always
+    has its index beside it.
     """
     folder, name, rows, images = task
-    records = _TABLE.take(pa.array(rows)).to_pylist()
-    with atomic.atomic_open(os.path.join(folder, name), "wb", sync=True) as f, image_reader(images) as read_image:
-        tar = TarSink(f)
-        for i, rec in enumerate(records):
-            for member, payload in sample_payloads(rec, read_image(i, rec["processid"])):
-                tar.add(member, payload)
-        tar.close()
-    return ShardInfo(name, len(records), tar.bytes, tar.sha256.hexdigest())
+    table = _TABLE.take(pa.array(rows))
+    records = table.to_pylist()
+    spans = {ext: (np.empty(len(records), np.int64), np.empty(len(records), np.int64)) for ext in MEMBERS}
+    with atomic.replacing(os.path.join(folder, name), sync=True) as tmp:
+        with open(tmp, "wb") as f, image_reader(images) as read_image:
+            tar = TarSink(f)
+            for i, rec in enumerate(records):
+                for ext, member, payload in sample_payloads(rec, read_image(i, rec["processid"])):
+                    spans[ext][0][i], spans[ext][1][i] = tar.add(member, payload), len(payload)
+            tar.close()
+        info = ShardInfo(name, len(records), tar.bytes, tar.sha256.hexdigest())
+        keys = [rec["processid"] for rec in records]
+        dna = [rec["dna_barcode"] or "" for rec in records]
+        index = build_index(keys, spans, dna, table.select(RECORD_FIELDS), _LABELS, info.describes())
+        info.index = write_index(os.path.join(folder, index_name(name)), index)
+    return info
 
 
-def _hash_existing(path: Path, count: int) -> ShardInfo:
-    return ShardInfo(path.name, count, path.stat().st_size, md.file_sha256(path))
+def _hash_existing(path: Path, count: int, labels: dict) -> ShardInfo:
+    """The manifest entry of a finished shard found on disk, its index written again from the shard."""
+    info = ShardInfo(path.name, count, path.stat().st_size, md.file_sha256(path))
+    index = index_from_shard(str(path), asdict(info), labels)
+    info.index = write_index(path.with_name(index_name(path.name)), index)
+    return info
 
 
-def _finished(folder: Path, fingerprint: str, plan: dict[str, int]) -> dict[str, ShardInfo]:
+def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict) -> dict[str, ShardInfo]:
     """Shards of this plan already on disk, from the manifest and the run log."""
     known: dict[str, ShardInfo] = {}
     manifest = folder / MANIFEST
@@ -226,11 +243,17 @@ def _finished(folder: Path, fingerprint: str, plan: dict[str, int]) -> dict[str,
         if not path.is_file():
             continue
         info = known.get(name)
-        if info is None or info.bytes != path.stat().st_size:
-            # Renamed (so complete) but the kill came before it was logged.
-            info = _hash_existing(path, count)
+        if info is None or info.bytes != path.stat().st_size or not _index_present(folder, info):
+            # Renamed (so complete) but the kill came before it was logged, or a
+            # shard of format version 1 (no index yet).
+            info = _hash_existing(path, count, labels)
         finished[name] = info
     return finished
+
+
+def _index_present(folder: Path, info: ShardInfo) -> bool:
+    return bool(info.index) and (folder / info.index["name"]).is_file() \
+        and (folder / info.index["name"]).stat().st_size == info.index["bytes"]
 
 
 def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:
@@ -251,12 +274,13 @@ def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def _run_tasks(tasks, finished, folder: Path, cache: Path, total: int, workers, progress: bool, split: str) -> None:
+def _run_tasks(plan: SplitPlan, tasks, finished: dict, workers, progress: bool) -> None:
     """Write the shards not yet finished, logging each as it completes."""
+    folder, cache, labels = plan.folder, plan.cache, labels_path(plan.folder)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     workers = max(1, min(workers, len(tasks)))
-    bar = tqdm(total=total, desc=f"sharding {split}", unit="rec", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(plan.rows), desc=f"sharding {plan.split}", unit="rec", disable=not progress, file=sys.stderr)
     bar.update(sum(info.count for info in finished.values()))
     with open(folder / _DONE, "a", encoding="utf-8") as done:
 
@@ -267,19 +291,20 @@ def _run_tasks(tasks, finished, folder: Path, cache: Path, total: int, workers, 
             bar.update(info.count)
 
         if workers == 1:
-            _init_table(cache)
+            _init_tables(cache, labels)
             for task in tasks:
                 record(write_shard(task))
         else:
-            with multiprocessing.get_context().Pool(workers, _init_worker, (str(cache),)) as pool:
+            with multiprocessing.get_context().Pool(workers, _init_worker, (str(cache), str(labels))) as pool:
                 for info in pool.imap_unordered(write_shard, tasks):
                     record(info)
     bar.close()
 
 
-def _init_table(cache: Path) -> None:
-    global _TABLE
+def _init_tables(cache, labels) -> None:
+    global _TABLE, _LABELS
     _TABLE = md.open_cached(cache)
+    _LABELS = read_labels(Path(labels).read_text(encoding="utf-8"))
 
 
 
@@ -352,13 +377,14 @@ def write_shards(plan: SplitPlan, options: ShardOptions) -> tuple[list[ShardInfo
     write_json(folder / _PLAN, {"fingerprint": plan.fingerprint, "shards": plan.counts})
     if plan.skipped:
         (folder / MISSING_REPORT).write_text("".join(p + "\n" for p in plan.skipped))
-    finished = _finished(folder, plan.fingerprint, plan.counts)
+    labels = read_labels(labels_path(folder).read_text(encoding="utf-8"))
+    finished = _finished(folder, plan.fingerprint, plan.counts, labels)
     tasks = [
         (str(folder), name, plan.rows[s], plan.source.task_images(plan.located[s]))
         for name, s in zip(plan.names, plan.slices)
         if name not in finished
     ]
-    _run_tasks(tasks, finished, folder, plan.cache, len(plan.rows), options.workers, options.progress, plan.split)
+    _run_tasks(plan, tasks, finished, options.workers, options.progress)
     return [finished[name] for name in plan.names], len(tasks)
 
 
@@ -479,10 +505,10 @@ def shard_split(
     local = Path(staging) if staging is not None else storage.staging_folder(str(out))
     summary = _shard_local(root, split, local, options, log)
     name = split_folder_name(split)
-    files = publish_order(local, name)
-    url, uploaded = storage.publish(files, str(out), storage_options)
-    summary.folder = url if url.startswith("pipe:") else storage.join(url, name)
-    log(f"uploaded {uploaded} shard(s) of {summary.shards} to {summary.folder}")
+    uploaded = storage.publish(publish_order(local, name), str(out), storage_options)
+    summary.folder = str(out) if str(out).startswith("pipe:") else storage.join(str(out), name)
+    shards = sum(1 for n in uploaded if n.endswith(".tar"))
+    log(f"uploaded {shards} shard(s) of {summary.shards} to {summary.folder}")
     shutil.rmtree(local / name, ignore_errors=True)
     return summary
 

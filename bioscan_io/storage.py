@@ -145,7 +145,7 @@ def staging_folder(url: str) -> Path:
     return Path(tempfile.gettempdir()) / "bioscan-io-staging" / digest
 
 
-def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options: dict | None = None) -> tuple[str, int]:
+def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options: dict | None = None) -> list[str]:
     """Upload ``files`` to ``url``, in the order given (``format.publish_order`` puts the manifest last).
 
     Each file is ``(local path, name under url, size or None)``; a file with a
@@ -156,22 +156,23 @@ def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options
 
     Returns
     -------
-    (url, files with a size uploaded)
+    list of str
+        The names uploaded (those already there are not).
     """
     if url.startswith(_WDS_SCHEMES):
         raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
                            "or a pipe: command")
     put = _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
-    uploaded = 0
+    uploaded = []
     try:
         for local, name, size in files:
-            if put(local, name, size) and size is not None:  # a shard (size known) sent
-                uploaded += 1
+            if put(local, name, size):
+                uploaded.append(name)
     except BioscanError:
         raise
     except Exception as exc:
         raise BioscanError(f"uploading to {url} failed: {exc}; rerun to resume") from None
-    return url, uploaded
+    return uploaded
 
 
 def _fsspec_put(url: str, storage_options: dict | None):

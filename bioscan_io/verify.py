@@ -22,6 +22,7 @@ payloads are checked (and hashed, for ``images=True``) as they stream past.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -36,8 +37,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metadata as md
-from .format import (MANIFEST, MEMBERS, MISSING_REPORT, Sample, TarReader, is_count, manifest_problems,
-                     read_manifest, shard_entries)
+from .format import (MANIFEST, MEMBERS, MISSING_REPORT, Sample, TarReader, index_problems, is_count,
+                     manifest_problems, read_manifest, shard_entries)
 from .images import EOI_SLACK, has_eoi
 from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
 from .sources import image_reader, open_images
@@ -67,6 +68,9 @@ KINDS = {
     "field_mismatch": "a .json field differs from the metadata row (value or type), or a column is missing or extra",
     "metadata_changed": "the metadata's sha256 differs from the one the shards were made from",
     "image_mismatch": "(--images) a .jpg differs from its source image file, or the source file is missing",
+    "missing_index": "(format version 2) a shard's index is not listed in the manifest or not in the folder",
+    "index_mismatch": "a shard's index differs from the manifest (bytes, sha256) or from what the shard and the "
+                      "metadata say (offsets, barcodes, ranks, label indices)",
 }
 
 _HUMAN_LIMIT = 20
@@ -307,15 +311,24 @@ def check_duplicate(sample: Sample, shard: str, seen: dict[str, str]) -> list[Pr
 
 
 class Records:
-    """The metadata side: the table, and the row of each record of the manifest's splits."""
+    """The metadata side: the table, and the row of each record of the manifest's splits.
 
-    def __init__(self, path: Path, splits: list[str]):
-        self.path = path
+    ``indexed``: the shards have indexes (format version 2) to check against
+    the metadata's :attr:`labels`.
+    """
+
+    def __init__(self, path: Path, splits: list[str], indexed: bool = False):
+        self.path, self.indexed = path, indexed
         self.table = md.read_metadata(path)
         self.splits = [s for s in splits if s in SPLITS]
         rows = md.select_rows(self.table, tuple(self.splits)) if self.splits else np.empty(0, np.int64)
         pids = self.table.column("processid").take(pa.array(rows)).to_pylist()
         self.row = dict(zip(pids, rows.tolist()))
+
+    @functools.cached_property
+    def labels(self) -> dict:
+        """Label values per rank, as ``bioscan-shard`` wrote them to ``labels.json``."""
+        return md.label_values(self.table)
 
 
 def check_metadata_sha(records: Records, manifest: dict) -> list[Problem]:
@@ -505,7 +518,8 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
     problems += check_extra_shards(folder, manifest)
 
     meta_path = _metadata_path(manifest, root, metadata)
-    records = Records(meta_path, manifest.get("splits") if isinstance(manifest.get("splits"), list) else [])
+    splits = manifest.get("splits") if isinstance(manifest.get("splits"), list) else []
+    records = Records(meta_path, splits, indexed=manifest.get("format_version", 1) >= 2)
     report.metadata = str(meta_path)
     problems += check_metadata_sha(records, manifest)
     package = _source(manifest).get("package")
@@ -565,11 +579,15 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
         problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=fault.key, detail=fault.detail))
     else:  # a walk cut short would only repeat the tar problem as a count
         problems += check_count(entry, read)
+    sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and reader.fault is None
     if path.stat().st_size == entry["bytes"]:
         problems += check_sha256(entry, reader.sha256)
     if records.splits:
         problems += check_unknown(keys, records, shard)
     problems += check_fields(jsons, records, shard)
+    if records.indexed:
+        problems += [Problem(kind, shard, detail=detail)
+                     for kind, detail in index_problems(path.parent, entry, records.labels, sound)]
     if images is not None:
         problems += check_images(digests, records, images, shard)
     return problems

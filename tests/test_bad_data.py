@@ -13,6 +13,7 @@ from bioscan_io.loader import make_loader
 from bioscan_io.schema import BioscanError
 from bioscan_io.format import TarSink, read_manifest
 from bioscan_io.shard import shard_split
+from test_index import strip_indexes
 
 QUIET = dict(progress=False, log=lambda m: None)
 BATCH = 8
@@ -27,10 +28,16 @@ def good(dataset_small, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def split(good, tmp_path) -> Path:
-    """A private copy of the split folder (and labels.json beside it) to corrupt."""
+    """A private copy of the split folder (and labels.json beside it) to corrupt.
+
+    Without its indexes (a format version 1 split), so that the loader reads every
+    member through the tar headers, as it does stock shard lists: the damage
+    below is what that reader meets. What the index path meets is in test_index.py.
+    """
     dst = tmp_path / "shards" / "train"
     shutil.copytree(good, dst)
     shutil.copy(good.parent / "labels.json", dst.parent / "labels.json")
+    strip_indexes(dst)
     return dst
 
 

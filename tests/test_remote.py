@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from bioscan_io.loader import make_loader
 from bioscan_io.schema import BioscanError
 from bioscan_io.format import read_manifest
 from bioscan_io.shard import shard_split
+from test_index import strip_indexes
 
 moto_server = pytest.importorskip("moto.server", reason="the S3 test server is in the test extra (moto[server])")
 pytest.importorskip("s3fs", reason="s3:// URLs need the remote extra (s3fs)")
@@ -76,10 +78,11 @@ def test_sharded_to_s3_the_same_shards_as_on_disk(local, remote, s3):
     fs = s3fs.S3FileSystem(**s3)
     manifest = read_manifest(local / "val")
     names = sorted(Path(p).name for p in fs.ls(f"{BUCKET}/shards/val"))
-    assert names == sorted([s["name"] for s in manifest["shards"]] + ["manifest.json"])
+    files = [s["name"] for s in manifest["shards"]] + [s["index"]["name"] for s in manifest["shards"]]
+    assert names == sorted(files + ["manifest.json"])
     assert fs.exists(f"{BUCKET}/shards/labels.json")
-    for shard in manifest["shards"]:
-        assert fs.cat(f"{BUCKET}/shards/val/{shard['name']}") == (local / "val" / shard["name"]).read_bytes()
+    for name in files:
+        assert fs.cat(f"{BUCKET}/shards/val/{name}") == (local / "val" / name).read_bytes()
 
 
 @pytest.mark.parametrize("task,kw", [("embed", {}), ("mlm", {"shuffle": True, "seed": 3}),
@@ -143,21 +146,45 @@ def test_stock_webdataset_reads_the_s3_shards_through_a_pipe(local, remote, s3):
     assert np.all([len(g["json"]) > 0 for g in got])
 
 
-def test_a_truncated_remote_shard_is_named_by_its_url(local, s3):
-    """Remote shards are copied to a temporary file and walked there; errors still name the URL."""
+def _upload_cut(fs, folder: Path, labels: Path, prefix: str, cut: str) -> str:
+    """Upload a split folder with its shard ``cut`` cut in half; the remote split folder's URL."""
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        fs.pipe(f"{BUCKET}/{prefix}/val/{path.name}", data[: len(data) // 2] if path.name == cut else data)
+    fs.put_file(str(labels), f"{BUCKET}/{prefix}/labels.json")
+    return f"s3://{BUCKET}/{prefix}/val"
+
+
+def test_a_truncated_remote_shard_is_named_by_its_url(local, s3, tmp_path):
+    """Remote shards are copied to a temporary file and walked there; errors still name the URL.
+
+    A version-1 split (no indexes), so that MLM walks the tar headers; with an
+    index, MLM never reads the tar (test_a_changed_remote_shard_with_an_index).
+    """
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3)
-    manifest = read_manifest(local / "val")
+    shutil.copytree(local / "val", tmp_path / "val")
+    manifest = strip_indexes(tmp_path / "val")
     first = manifest["shards"][0]["name"]
-    for path in sorted((local / "val").iterdir()):
-        data = path.read_bytes()
-        fs.pipe(f"{BUCKET}/cut/val/{path.name}", data[: len(data) // 2] if path.name == first else data)
-    fs.put_file(str(local / "labels.json"), f"{BUCKET}/cut/labels.json")
-    url = f"s3://{BUCKET}/cut/val"
+    url = _upload_cut(fs, tmp_path / "val", local / "labels.json", "cut", first)
     with pytest.raises(BioscanError, match=rf"shard {url}/{first}: truncated member") as err:
         _epoch(url, "mlm", storage_options=s3, shuffle=False)
     assert "bioscan-io-shard-" not in str(err.value)
     loader = make_loader(url, "mlm", batch_size=8, storage_options=s3, shuffle=False, on_error="skip")
     n = sum(len(b["processid"]) for b in loader)
     assert n == manifest["num_samples"] and 0 < loader.skipped < manifest["shards"][0]["count"]
+
+
+def test_a_changed_remote_shard_with_an_index(local, s3):
+    """With an index, MLM reads only the (remote) index; images still come from the tar, named by URL."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    manifest = read_manifest(local / "val")
+    first = manifest["shards"][0]["name"]
+    url = _upload_cut(fs, local / "val", local / "labels.json", "cut2", first)
+    assert _epoch(url, "mlm", storage_options=s3, shuffle=False)["processid"] == \
+        _epoch(local / "val", "mlm", shuffle=False)["processid"]
+    with pytest.raises(BioscanError, match=rf"shard {url}/{first} has changed since it was indexed"):
+        _epoch(url, "clip", storage_options=s3, shuffle=False)

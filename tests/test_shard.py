@@ -208,7 +208,11 @@ def test_kill_mid_run_then_rerun_completes_without_loss(dataset_5k, tmp_path):
         keys.extend(samples)
     assert len(keys) == len(set(keys)) == 5000
     assert set(keys) == {r["processid"] for r in csv_records(dataset_5k)}
-    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST] + [s["name"] for s in manifest["shards"]])
+    for shard in manifest["shards"]:  # each shard's index, whole, as the manifest lists it
+        data = (folder / shard["index"]["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["index"]["sha256"]
+    files = [s["name"] for s in manifest["shards"]] + [s["index"]["name"] for s in manifest["shards"]]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST] + files)
 
 
 def test_missing_images_skipped_on_request_and_reported(dataset_small, tmp_path):
@@ -352,7 +356,8 @@ def test_shards_written_through_a_pipe_command(dataset_small, tmp_path):
     summary = shard_split(dataset_small, "val", out=url, maxcount=10, staging=tmp_path / "staging",
                           progress=False, log=messages.append)
     assert summary.folder == url and any(m.startswith("uploaded 2 shard(s) of 2") for m in messages), messages
-    for path in sorted((local / "val").glob("*.tar")) + [local / "val" / MANIFEST, local / LABELS]:
+    for path in sorted((local / "val").glob("*.tar")) + sorted((local / "val").glob("*.idx.arrow")) + \
+            [local / "val" / MANIFEST, local / LABELS]:
         assert (target / path.relative_to(local)).read_bytes() == path.read_bytes()
     assert not (tmp_path / "staging" / "val").exists()  # the staging copy goes once uploaded
     pids = [p for b in make_loader(target / "val", "embed", batch_size=8) for p in b["processid"]]
@@ -361,6 +366,6 @@ def test_shards_written_through_a_pipe_command(dataset_small, tmp_path):
     with pytest.raises(BioscanError, match=r"needs \{name\}"):
         shard_split(dataset_small, "val", out="pipe:cat > /dev/null", maxcount=10, staging=tmp_path / "s2",
                     progress=False, log=lambda m: None)
-    with pytest.raises(BioscanError, match="writing val/val-000000.tar failed"):
+    with pytest.raises(BioscanError, match=r"writing val/val-000000\.idx\.arrow failed"):  # an index goes first
         shard_split(dataset_small, "val", out="pipe:exit 3 # {name}", maxcount=10, staging=tmp_path / "s3",
                     progress=False, log=lambda m: None)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bioscan_io.schema import METADATA_CSV, image_relpath
-from bioscan_io.format import MANIFEST, TarSink, read_manifest
+from bioscan_io.schema import METADATA_CSV, BioscanError, image_relpath
+from bioscan_io.format import MANIFEST, TarSink, index_from_shard, read_labels, read_manifest, write_index
 from bioscan_io.shard import shard_split
 from bioscan_io.verify import verify_split
 
@@ -40,9 +40,10 @@ def good_split(dataset_small, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def split(good_split, tmp_path) -> Path:
-    """A private copy of the good split folder, to damage."""
+    """A private copy of the good split folder (and labels.json beside it), to damage."""
     folder = tmp_path / "train"
     shutil.copytree(good_split, folder)
+    shutil.copy(good_split.parent / "labels.json", tmp_path / "labels.json")
     return folder
 
 
@@ -68,8 +69,9 @@ def keys_of(path: Path) -> list[str]:
 
 
 def refresh_manifest(folder: Path) -> None:
-    """Make the manifest describe the shards as they now are (size, sha256, count, total)."""
+    """Make the manifest describe the shards as they now are (size, sha256, count, total, indexes)."""
     manifest = read_manifest(folder)
+    labels = read_labels((folder.parent / "labels.json").read_text())
     for entry in manifest["shards"]:
         path = folder / entry["name"]
         entry["bytes"] = path.stat().st_size
@@ -77,6 +79,11 @@ def refresh_manifest(folder: Path) -> None:
         keys = [name.split(".", 1)[0] for name, _ in read_members(path)]
         # Samples as webdataset groups them: runs of one key.
         entry["count"] = sum(1 for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k)
+        try:  # as `bioscan-io index` would
+            table = index_from_shard(str(path), entry, labels)
+            entry["index"] = write_index(folder / entry["index"]["name"], table)
+        except BioscanError:
+            pass  # a shard the walk cannot index keeps its old index
     manifest["num_samples"] = sum(e["count"] for e in manifest["shards"])
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 

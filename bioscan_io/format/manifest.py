@@ -26,14 +26,17 @@ from ..atomic import atomic_open
 from ..schema import SPLITS, BioscanError
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "MANIFEST", "LABELS", "MISSING_REPORT", "ShardInfo",
+    "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "LABELS", "MISSING_REPORT", "ShardInfo",
     "read_manifest", "parse_manifest", "split_folder_of", "listed_shards", "publish_order", "write_json", "labels_path", "read_labels",
     "manifest_problems", "shard_entries", "is_count",
 ]
 
 #: The ``format`` every manifest and ``labels.json`` names, and its version.
 FORMAT = "bioscan-io/shards"
-FORMAT_VERSION = 1
+#: The version written: 2 adds a per-shard index (``format.index``) beside each tar.
+FORMAT_VERSION = 2
+#: The versions read (version 1 splits are read through their tar headers).
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 MISSING_REPORT = "missing_images.txt"
@@ -43,12 +46,17 @@ _SOURCE_KEYS = ("root", "package", "metadata", "metadata_sha256")
 
 @dataclass
 class ShardInfo:
-    """One finished shard, as the manifest lists it."""
+    """One finished shard, as the manifest lists it (``index``: its index file's name, bytes, sha256)."""
 
     name: str
     count: int
     bytes: int
     sha256: str
+    index: dict | None = None
+
+    def describes(self) -> dict:
+        """What the shard's index records about the tar it describes."""
+        return {"shard": self.name, "shard_bytes": self.bytes, "shard_sha256": self.sha256}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -101,14 +109,19 @@ def listed_shards(folder: str | os.PathLike) -> tuple[dict, list[dict]]:
 def publish_order(out: str | os.PathLike, split_folder: str) -> list[tuple[Path, str, int | None]]:
     """The files of ``out/split_folder`` in the order a reader may see them appear.
 
-    Shards first (with their byte size), then the reports, ``labels.json``, and
-    ``manifest.json`` last: a reader never finds a manifest before its shards.
+    Shards first (each after its index, with their byte sizes), then the
+    reports, ``labels.json``, and ``manifest.json`` last: a reader never finds a
+    manifest before its shards.
     Each entry is ``(local path, name relative to out, size or None)``.
     """
     out = Path(out)
     folder = out / split_folder
     manifest = read_manifest(folder)
-    files = [(folder / s["name"], f"{split_folder}/{s['name']}", s["bytes"]) for s in manifest["shards"]]
+    files = []
+    for shard in manifest["shards"]:  # each index before its shard: a shard is never without its index
+        for item in (shard.get("index"), shard):
+            if item:
+                files.append((folder / item["name"], f"{split_folder}/{item['name']}", item["bytes"]))
     files += [(folder / n, f"{split_folder}/{n}", None) for n in sorted(os.listdir(folder)) if n.endswith(".txt")]
     if (out / LABELS).is_file():
         files.append((out / LABELS, LABELS, None))
@@ -138,8 +151,10 @@ def manifest_problems(manifest) -> list[str]:
     problems = []
     if manifest.get("format") != FORMAT:
         problems.append(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        problems.append(f"format_version is {manifest.get('format_version')!r}; this bioscan-io reads {FORMAT_VERSION}")
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        problems.append(f"format_version is {version!r}; this bioscan-io reads {readable}")
     splits = manifest.get("splits")
     if not isinstance(splits, list) or not splits or any(s not in SPLITS for s in splits):
         problems.append(f"splits is {splits!r}, expected a list of split names")

@@ -61,9 +61,9 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def sample_payloads(record: dict, image: bytes):
-    """``(member name, payload)`` of one sample, in the order they are written."""
+    """``(ext, member name, payload)`` of one sample, in the order they are written."""
     pid = record["processid"]
-    return [(f"{pid}.{ext}", member.encode(record, image)) for ext, member in MEMBERS.items()]
+    return [(ext, f"{pid}.{ext}", member.encode(record, image)) for ext, member in MEMBERS.items()]
 
 
 _NEWLINE = pa.scalar(b"\n", pa.large_binary())

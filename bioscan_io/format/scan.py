@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "or `python setup.py build_ext --inplace` in the source tree"
     ) from exc
 
-__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "local_blocks", "block_bounds", "read_members"]
+__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "local_blocks", "indexed_blocks", "block_bounds",
+           "read_members"]
 
 # A plain shared map: the walk faults in only the pages holding headers and the
 # wanted payloads. MAP_POPULATE measured no faster on warm page cache, and on a
@@ -90,6 +91,14 @@ class ShardScan:
             present[ext] = rows[:, 2] >= 0
             values[ext] = _column(self._buf, rows[:, 2], rows[:, 3], pa.large_binary())
         return _column(self._buf, rows[:, 0], rows[:, 1], pa.large_string()), values, present
+
+    def spans(self) -> dict:
+        """``ext -> (offsets, sizes)`` of each recorded sample's member payloads (-1, 0 where absent)."""
+        out = {}
+        for ext, rows in self._rows.items():
+            have = rows[:, 2] >= 0
+            out[ext] = (np.where(have, rows[:, 2], -1), np.where(have, rows[:, 3] - rows[:, 2], 0))
+        return out
 
     def sizes(self) -> np.ndarray:
         """Payload bytes of each recorded sample, over the members walked for."""
@@ -271,3 +280,79 @@ def _tarfile_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], lim
         error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
     if samples or error is not None:
         yield block(error)
+
+
+def indexed_blocks(index: pa.Table, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None = None,
+                   max_bytes: int | None = None, tar: str | None = None, name: str | None = None):
+    """:func:`local_blocks` of a shard that has an index (``format.index``): no header walk.
+
+    The barcodes come from the index's ``dna`` column and the record fields as
+    one ``"record"`` struct column (in place of the ``.json`` bytes), zero-copy
+    from the memory-mapped index; only the images are read from the ``tar``
+    (a local path), at the offsets the index gives, each checked against the
+    tar header before it. A tar that no longer matches its index (other size,
+    a member not where the index says) ends the segment with an error, as a
+    fault of the tar would.
+    """
+    name = name or tar
+    rows = index.slice(start, stop - start)
+    sizes = rows.column("jpg_size").to_numpy() if "jpg" in exts else np.zeros(len(rows), np.int64)
+    mm = None
+    try:
+        if "jpg" in exts:
+            mm = _map(tar, name)
+            _check_size(mm, index, name)
+        for lo, hi in block_bounds(sizes, max_rows, max_bytes):
+            part = rows.slice(lo, hi - lo)
+            block = {"__key__": part.column("processid").combine_chunks()}
+            if "dna" in exts:
+                block["dna"] = part.column("dna").combine_chunks()
+            if "json" in exts:
+                from .index import RECORD_FIELDS
+
+                block["record"] = pa.StructArray.from_arrays(
+                    [part.column(f).combine_chunks() for f in RECORD_FIELDS], names=list(RECORD_FIELDS))
+            if mm is not None:
+                block["jpg"] = _images_at(mm, part, name)
+            yield block, [], None
+    except ShardError as error:
+        yield {"__key__": pa.array([], pa.string())}, [], error
+    finally:
+        if mm is not None:
+            mm.close()
+
+
+def _map(path: str, name: str | None) -> mmap.mmap:
+    try:
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+    except (OSError, ValueError) as exc:
+        raise BioscanError(f"cannot open shard {name or path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _check_size(mm: mmap.mmap, index: pa.Table, name: str) -> None:
+    expected = (index.schema.metadata or {}).get(b"bioscan_io.shard_bytes", b"").decode()
+    if str(len(mm)) != expected:
+        detail = f"{len(mm)} bytes, its index describes {expected or 'another size'}"
+        raise ShardError(f"shard {name} has changed since it was indexed: {detail} "
+                         "(bioscan-io verify says how)", detail)
+
+
+def _images_at(mm: mmap.mmap, part: pa.Table, name: str) -> pa.Array:
+    """The ``.jpg`` payloads of the rows of ``part``, each checked to follow its own tar header."""
+    starts = part.column("jpg_offset").to_numpy()
+    ends = starts + part.column("jpg_size").to_numpy()
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        if len(starts) and (starts.min() < 512 or ends.max() > len(buf)):
+            raise ShardError(f"shard index of {name} gives image offsets outside the shard; "
+                             "bioscan-io index FOLDER writes it again", "image offsets outside the shard")
+        for key, at in zip(part.column("processid").to_pylist(), starts.tolist()):
+            want = f"{key}.jpg".encode()
+            head = mm[at - 512:at - 412] + b"\0"  # the 100-byte name field, NUL-padded
+            if head[:len(want) + 1] != want + b"\0":
+                raise ShardError(f"shard index of {name} is stale: no member {key}.jpg at byte {at - 512}; "
+                                 "bioscan-io index FOLDER writes it again", f"no member {key}.jpg at byte {at - 512}")
+        return _column(buf, starts, ends, pa.large_binary())
+    finally:
+        del buf  # release the map's buffer, so that it can close

@@ -53,8 +53,8 @@ class TarSink:
         self.bytes += len(data)
         self.f.write(data)
 
-    def add(self, name: str, payload: bytes) -> None:
-        """Append one member."""
+    def add(self, name: str, payload: bytes) -> int:
+        """Append one member; the byte offset of its payload in the archive."""
         raw = name.encode("utf-8")
         if len(raw) > 100:
             raise BioscanError(f"tar member name longer than 100 bytes: {name!r}")
@@ -63,7 +63,9 @@ class TarSink:
         head[: len(raw)] = raw
         head[124:136] = size
         head[148:156] = b"%06o\0 " % (self._checksum + sum(raw) + sum(size))
+        offset = self.bytes + 512
         self._write(b"".join((head, payload, bytes(-len(payload) % 512))))
+        return offset
 
     def close(self) -> None:
         """End the archive: two zero blocks, then padding to a 10240-byte record like tar."""
