@@ -429,8 +429,12 @@ def _empty(shape: tuple[int, ...], dtype):
     import torch
     from torch.utils.data import get_worker_info
 
+    from . import handover
+
     if get_worker_info() is None:
         out = torch.empty(shape, dtype=dtype)
+    elif (out := handover.empty(shape, dtype)) is not None:
+        return out  # a reused slot: its pages are in place already
     else:
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes)).view(shape)

@@ -9,7 +9,10 @@ of rows (Arrow columns): no Python object per sample is made but the ids
       -> parse records (the .json fields the task needs -> label / text columns)
       -> refill (good rows stand in for skipped bad ones: exact len() for DDP)
       -> batches (each block permuted once, cut into slices; training only)
-      -> collate (one tokenizer call per batch; images decoded into the batch)
+      -> groups (small batches joined, so they cost one tokenizer call and one hand-over)
+      -> collate (one tokenizer call per group; images decoded into the batch)
+      -> hand-over (a worker makes the group in a reused shared-memory slot)
+    main process: the group cut back into its batches (views, no copy)
 
 Batches are dicts of torch tensors, plus lists of strings for ids and text;
 what each task puts in them is :mod:`bioscan_io.tasks`'s table.
@@ -19,11 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import multiprocessing
-import posixpath
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,115 +33,27 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed as dist_plan
-from . import storage
-from .format import (LABELS, MANIFEST, TarReader, indexed_blocks, load_index, local_blocks, parse_manifest,
-                     parse_records, read_labels)
+from . import handover, storage
+from .format import indexed_blocks, load_index, local_blocks, parse_records
+from .shardlist import ShardSet, find_shards
 from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 
 __all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "ErrorPolicy", "read_blocks",
-           "add_record_columns", "refill_blocks", "block_batches", "DEFAULT_IMAGE_BLOCK", "DEFAULT_BLOCK_BYTES"]
+           "add_record_columns", "refill_blocks", "block_batches", "group_batches", "collate_groups", "split_group",
+           "DEFAULT_IMAGE_BLOCK", "DEFAULT_BLOCK_BYTES"]
 
 log = logging.getLogger("bioscan_io")
 #: Default block of samples read and shuffled together for tasks with images.
 DEFAULT_IMAGE_BLOCK = 1000
 #: Most payload bytes a worker reads into one block (large images: fewer samples a block).
 DEFAULT_BLOCK_BYTES = 256 << 20
-
-
-# ----------------------------------------------------------------------------- shard lists
-
-
-@dataclass
-class ShardSet:
-    """Shard URLs with their sample counts, the label values if known, and their indexes if any.
-
-    ``indexes[i]`` is the URL of shard ``i``'s index (None: read through its tar
-    headers) and ``entries[i]`` its manifest entry, which the index must match.
-    """
-
-    urls: list[str]
-    counts: list[int]
-    labels: dict | None = None
-    indexes: list | None = None
-    entries: list | None = None
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.counts))
-
-
-def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
-    """Resolve ``urls`` to shard URLs with exact counts.
-
-    ``urls`` may be a split folder (local or remote), its ``manifest.json``, a brace
-    pattern, a list of URLs, or remote URLs (``storage``: fsspec URLs, ``pipe:``,
-    ``http(s)://``). Counts come from the manifest beside the shards; local shards
-    without one are counted by reading their headers.
-    """
-    manifest_url = None
-    if isinstance(urls, (str, Path)):
-        text = str(urls)
-        remote_folder = storage.is_url(text) and not text.startswith("pipe:") and "{" not in text \
-            and not text.endswith((".tar", ".json"))
-        if Path(text).is_dir() or remote_folder:
-            manifest_url = storage.join(text.rstrip("/"), MANIFEST)
-            listed = None
-        elif text.endswith(".json"):
-            manifest_url = text
-            listed = None
-        else:
-            listed = list(wds.shardlists.expand_urls(text))
-    else:
-        listed = [str(u) for u in urls]
-        if not listed:
-            raise BioscanError("no shard URLs given")
-    if manifest_url is None:
-        manifest_url = storage.join(storage.dirname(listed[0]), MANIFEST)
-    text = storage.read_text(manifest_url, storage_options)
-    manifest = parse_manifest(text, manifest_url) if text is not None else None
-    if manifest is None and listed is None:
-        raise BioscanError(f"no shard manifest at {manifest_url}")
-
-    base = storage.dirname(manifest_url)
-    labels = read_labels(storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options))
-    if manifest is None:
-        return ShardSet(listed, [_count_local(u) for u in listed], labels)
-    by_name = {s["name"]: s for s in manifest["shards"]}
-    if listed is None:
-        listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
-    names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise BioscanError(f"shard {unknown[0]} is not in the manifest {manifest_url}")
-    entries = [by_name[n] for n in names]
-    # A pipe: command streams its shard: there is no index URL beside it to read.
-    indexes = [storage.join(storage.dirname(u), e["index"]["name"]) if e.get("index") and not u.startswith("pipe:")
-               else None for u, e in zip(listed, entries)]
-    if not all(e.get("index") for e in entries):
-        _notice_unindexed(base)
-    return ShardSet(listed, [e["count"] for e in entries], labels, indexes, entries)
-
-
-_NOTICED: set = set()
-
-
-def _notice_unindexed(folder: str) -> None:
-    """One line, once per split folder: version-1 shards are read through their tar headers."""
-    if folder not in _NOTICED:
-        _NOTICED.add(folder)
-        log.warning("%s: shards without a per-shard index (format version 1) are read through their tar "
-                    "headers; `bioscan-io index %s` adds the indexes", folder, folder)
-
-
-def _count_local(url: str) -> int:
-    if storage.is_url(url) or not Path(url).is_file():
-        raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
-    reader = TarReader(url)
-    count = sum(1 for _ in reader.samples(exts=frozenset()))
-    if reader.error() is not None:
-        raise reader.error()
-    return count
+#: Hand-over slots per worker beyond ``prefetch_factor``: batches the consumer may hold
+#: (the one in use, the one being fetched) before a worker falls back to PyTorch's hand-over.
+HANDOVER_SLOTS_HELD = 2
+#: Batches without images made and handed over together, while their tensors fit in
+#: GROUP_BYTES (MLM, batches of 256: 16): one tokenizer call and one DataLoader item.
+GROUP_BATCHES, GROUP_BYTES = 16, 16 << 20
 
 
 # ----------------------------------------------------------------------------- stages
@@ -311,8 +224,10 @@ class EpochStream(IterableDataset):
 
     def __init__(self, shards: ShardSet, task: Task, *, batch_size: int, drop_last: bool, pad: bool,
                  shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int, epoch,
-                 on_error: str = "raise", storage_options: dict | None = None):
+                 on_error: str = "raise", storage_options: dict | None = None, arena=None, group: int = 1):
         self.shards, self.task = shards, task
+        self.arena = arena  # shared slots the workers make batches in (handover.py), or None
+        self.group = group  # batches handed over together
         self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
         self.shuffle = shuffle
         # Rows read and shuffled together: whole segments when they are small (barcodes,
@@ -351,19 +266,58 @@ class EpochStream(IterableDataset):
             lambda blocks: add_record_columns(blocks, task, urls, errors),
             lambda blocks: refill_blocks(blocks, expected),
             lambda blocks: block_batches(blocks, self.batch_size, rng),
-            lambda batches: (task.collate(block, epoch, urls, errors) for block in batches),
-            lambda batches: _report(batches, errors),
+            lambda batches: group_batches(batches, self.group),
+            lambda groups: collate_groups(groups, task, epoch, urls, errors),
+            lambda groups: handover.in_slots(groups, self.arena, worker),
+            lambda groups: _report(groups, errors),
         ]
         return iter(wds.DataPipeline(*stages))
 
 
-def _report(batches, errors: ErrorPolicy):
-    """Carry the skipped samples' messages to the main process with the next batch."""
-    for batch in batches:
+def group_batches(batches, group: int):
+    """Consecutive batches joined ``group`` at a time (columns chunked, no copy), with their sizes in ``_sizes``.
+
+    A group is collated with one tokenizer call and handed over as one item;
+    :func:`split_group` cuts it back into the same batches in the main process.
+    """
+    while True:
+        parts = list(itertools.islice(batches, group))
+        if not parts:
+            return
+        joined = {k: pa.chunked_array([p[k] for p in parts]) for k in parts[0]}
+        joined["_sizes"] = [len(p["__key__"]) for p in parts]
+        yield joined
+
+
+def collate_groups(groups, task: Task, epoch: int, urls: list[str], errors: ErrorPolicy):
+    """Each group collated as one batch, its ``_sizes`` carried along."""
+    for block in groups:
+        sizes = block.pop("_sizes")
+        batch = task.collate(block, epoch, urls, errors)
+        batch["_sizes"] = sizes
+        yield batch
+
+
+def split_group(group: dict):
+    """The batches of a collated group (:func:`group_batches`), in order: tensors as views, lists sliced."""
+    sizes = group.pop("_sizes")
+    if len(sizes) == 1:
+        yield group
+        return
+    parts = {k: torch.split(v, sizes) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+    at = 0
+    for i, size in enumerate(sizes):
+        yield {k: v[i] if isinstance(v, tuple) else v[at:at + size] for k, v in parts.items()}
+        at += size
+
+
+def _report(groups, errors: ErrorPolicy):
+    """Carry the skipped samples' messages to the main process with the next group of batches."""
+    for group in groups:
         skipped = errors.drain()
         if skipped:
-            batch["_skipped"] = skipped
-        yield batch
+            group["_skipped"] = skipped
+        yield group
 
 
 class BioscanLoader:
@@ -371,6 +325,7 @@ class BioscanLoader:
 
     def __init__(self, dataset: EpochStream, dataloader: DataLoader, epoch):
         self.dataset, self.dataloader, self._epoch = dataset, dataloader, epoch
+        self.arena = dataset.arena
         #: ``(samples lost, message)`` for each bad sample or shard skipped this epoch.
         self.errors: list[tuple[int, str]] = []
 
@@ -387,11 +342,16 @@ class BioscanLoader:
 
     def __iter__(self):
         self.errors = []
-        for batch in self.dataloader:
-            skipped = batch.pop("_skipped", None)
+        arena = self.arena
+        if arena is not None:
+            arena.new_iteration()
+        for group in self.dataloader:
+            if arena is not None:
+                group = arena.unpack(group)
+            skipped = group.pop("_skipped", None)
             if skipped:
                 self.errors.extend(skipped)
-            yield batch
+            yield from split_group(group)
         if self.errors:
             log.warning("epoch %d: skipped %d bad sample(s): %s", self.epoch, self.skipped,
                         "; ".join(msg for _, msg in self.errors[:5]) + (" ..." if len(self.errors) > 5 else ""))
@@ -533,18 +493,23 @@ def make_loader(
         labels=shards.labels,
     )
     shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
-    dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad,
-                          shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
-                          world_size=world_size, epoch=shared_epoch, on_error=on_error,
-                          storage_options=storage_options)
-    kwargs = {}
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    nbytes = bound.batch_nbytes(batch_size)
+    # Decoding images dwarfs a hand-over; grouping them would only delay the first batch.
+    group = 1 if "image" in modalities else max(1, min(GROUP_BATCHES, GROUP_BYTES // nbytes))
+    kwargs, arena = {}, None
     if num_workers > 0:
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         kwargs["prefetch_factor"] = prefetch_factor
-    loader = DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs,
-    )
+        if not pin_memory:  # pinned batches are copied by the DataLoader's pin thread instead
+            slots = (prefetch_factor or 2) + HANDOVER_SLOTS_HELD
+            arena = handover.SlotArena.fitting(num_workers, slots, group * nbytes)
+    dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad,
+                          shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
+                          world_size=world_size, epoch=shared_epoch, on_error=on_error,
+                          storage_options=storage_options, arena=arena, group=group)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                        pin_memory=pin_memory, **kwargs)
     return BioscanLoader(dataset, loader, shared_epoch)
 
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from . import handover
 from . import images as im
 from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .tokenizer import KmerTokenizer
@@ -204,9 +205,11 @@ class Task:
         if "dna" in self.modalities:
             batch.update(self._tokens(block, epoch))
         names = [name for name in ("label", *(f"{rank}_index" for rank in RANKS)) if name in block]
-        if names:  # one storage for all label columns (one shared-memory segment from a worker)
-            labels = torch.from_numpy(np.stack([block[name].to_numpy() for name in names]))
-            batch.update(zip(names, labels))
+        if names:
+            labels = handover.empty_array((len(names), len(keys)), np.int64)
+            for row, name in zip(labels, names):
+                row[:] = block[name].to_numpy()
+            batch.update(zip(names, torch.from_numpy(labels)))
         if "text" in block:
             batch["text"] = block["text"].to_pylist()
         return batch
@@ -214,17 +217,29 @@ class Task:
     def _tokens(self, block: dict, epoch: int) -> dict:
         """``input_ids`` and ``attention_mask`` (and MLM ``labels``) of the block's barcodes."""
         cfg, tokenizer = self.tokens, self.tokens.tokenizer
+        out = handover.empty_array((3 if self.spec.masked else 2, len(block["__key__"]), tokenizer.n_tokens),
+                                   cfg.np_dtype)
         if not self.spec.masked:
-            ids, mask = tokenizer.encode(block["dna"], return_tensors="pt", dtype=cfg.np_dtype)
-            return {"input_ids": ids, "attention_mask": mask}
-        # One storage for the three tensors: a worker hands the batch over in one
-        # shared-memory segment instead of three.
-        out = np.empty((3, len(block["__key__"]), tokenizer.n_tokens), dtype=cfg.np_dtype)
+            tokenizer.encode(block["dna"], out=(out[0], out[1]))
+            return dict(zip(("input_ids", "attention_mask"), torch.from_numpy(out)))
         tokenizer.encode_mlm(
             block["dna"], block["__key__"], seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
             label_mode=cfg.label_mode, random_offset=cfg.random_offset, out=(out[0], out[1], out[2]),
         )
         return dict(zip(("input_ids", "attention_mask", "labels"), torch.from_numpy(out)))
+
+    def batch_nbytes(self, batch_size: int) -> int:
+        """Most bytes of a batch's tensors (what a worker's hand-over slot must hold)."""
+        total = 0
+        if "dna" in self.modalities:
+            tokens = 3 if self.spec.masked else 2
+            total += tokens * batch_size * self.tokens.tokenizer.n_tokens * np.dtype(self.tokens.np_dtype).itemsize
+        if "image" in self.modalities:
+            pixels = batch_size * 3 * self.images.size ** 2
+            total += pixels * (1 if self.images.dtype == "uint8" else 4)
+        if self.spec.columns is not None:
+            total += (len(RANKS) + 1) * batch_size * 8
+        return total + 16 * 64  # each tensor is aligned to 64 bytes
 
     def _prepare(self, data: bytes, key: str, epoch: int, where: str):
         cfg = self.images

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -115,16 +116,34 @@ def load_index(path: str, entry: dict, name: str | None = None) -> pa.Table:
     """The index of the manifest's shard ``entry``, checked: its bytes and sha256, then what it describes.
 
     What the loader calls; every way an index can be wrong (cut, flipped, stale,
-    another shard's) is a BioscanError naming it, never wrong data.
+    another shard's) is a BioscanError naming it, never wrong data. The last
+    :data:`OPEN_INDEXES` indexes loaded stay open (memory-mapped) in the process,
+    keyed by the file's identity and the entry, so an epoch over shards read
+    before does not map and check them again.
     """
     name = name or path
     try:
-        verify_index_file(path, entry, name)
+        stat = os.stat(path)
     except FileNotFoundError:
         raise BioscanError(f"shard index {name} is missing (bioscan-io index FOLDER writes it again)") from None
-    table = open_index(path, name)
-    check_index(table, entry, name)
+    listed = entry.get("index") or {}
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, listed.get("sha256"), entry.get("name"),
+           entry.get("bytes"), entry.get("sha256"), entry.get("count"))
+    table = _OPEN.get(key)
+    if table is None:
+        verify_index_file(path, entry, name)
+        table = open_index(path, name)
+        check_index(table, entry, name)
+        _OPEN[key] = table
+        while len(_OPEN) > OPEN_INDEXES:
+            _OPEN.popitem(last=False)
+    _OPEN.move_to_end(key)
     return table
+
+
+#: Checked indexes kept open per process (a memory map each; an index is about 1 KB per sample).
+OPEN_INDEXES = 64
+_OPEN: OrderedDict = OrderedDict()
 
 
 def describes(table: pa.Table) -> dict:

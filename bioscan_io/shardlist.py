@@ -1,0 +1,116 @@
+"""Shard lists: what ``make_loader``'s ``urls`` name, resolved to shards with exact counts.
+
+A split folder (local or remote), its ``manifest.json``, a brace pattern or a list
+of URLs become a :class:`ShardSet`: the shard URLs, their sample counts from the
+manifest, the label values of ``labels.json`` beside the split folder, and each
+shard's index (format version 2) with the manifest entry it must match.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+
+from . import storage
+from .format import LABELS, MANIFEST, TarReader, parse_manifest, read_labels
+from .schema import BioscanError
+
+__all__ = ["ShardSet", "find_shards"]
+
+log = logging.getLogger("bioscan_io")
+
+
+@dataclass
+class ShardSet:
+    """Shard URLs with their sample counts, the label values if known, and their indexes if any.
+
+    ``indexes[i]`` is the URL of shard ``i``'s index (None: read through its tar
+    headers) and ``entries[i]`` its manifest entry, which the index must match.
+    """
+
+    urls: list[str]
+    counts: list[int]
+    labels: dict | None = None
+    indexes: list | None = None
+    entries: list | None = None
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+
+def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
+    """Resolve ``urls`` to shard URLs with exact counts.
+
+    ``urls`` may be a split folder (local or remote), its ``manifest.json``, a brace
+    pattern, a list of URLs, or remote URLs (``storage``: fsspec URLs, ``pipe:``,
+    ``http(s)://``). Counts come from the manifest beside the shards; local shards
+    without one are counted by reading their headers.
+    """
+    manifest_url = None
+    if isinstance(urls, (str, Path)):
+        text = str(urls)
+        remote_folder = storage.is_url(text) and not text.startswith("pipe:") and "{" not in text \
+            and not text.endswith((".tar", ".json"))
+        if Path(text).is_dir() or remote_folder:
+            manifest_url = storage.join(text.rstrip("/"), MANIFEST)
+            listed = None
+        elif text.endswith(".json"):
+            manifest_url = text
+            listed = None
+        else:
+            listed = list(wds.shardlists.expand_urls(text))
+    else:
+        listed = [str(u) for u in urls]
+        if not listed:
+            raise BioscanError("no shard URLs given")
+    if manifest_url is None:
+        manifest_url = storage.join(storage.dirname(listed[0]), MANIFEST)
+    text = storage.read_text(manifest_url, storage_options)
+    manifest = parse_manifest(text, manifest_url) if text is not None else None
+    if manifest is None and listed is None:
+        raise BioscanError(f"no shard manifest at {manifest_url}")
+
+    base = storage.dirname(manifest_url)
+    labels = read_labels(storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options))
+    if manifest is None:
+        return ShardSet(listed, [_count_local(u) for u in listed], labels)
+    by_name = {s["name"]: s for s in manifest["shards"]}
+    if listed is None:
+        listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
+    names = [posixpath.basename(u) if "://" in u else Path(u).name for u in listed]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise BioscanError(f"shard {unknown[0]} is not in the manifest {manifest_url}")
+    entries = [by_name[n] for n in names]
+    # A pipe: command streams its shard: there is no index URL beside it to read.
+    indexes = [storage.join(storage.dirname(u), e["index"]["name"]) if e.get("index") and not u.startswith("pipe:")
+               else None for u, e in zip(listed, entries)]
+    if not all(e.get("index") for e in entries):
+        _notice_unindexed(base)
+    return ShardSet(listed, [e["count"] for e in entries], labels, indexes, entries)
+
+
+_NOTICED: set = set()
+
+
+def _notice_unindexed(folder: str) -> None:
+    """One line, once per split folder: version-1 shards are read through their tar headers."""
+    if folder not in _NOTICED:
+        _NOTICED.add(folder)
+        log.warning("%s: shards without a per-shard index (format version 1) are read through their tar "
+                    "headers; `bioscan-io index %s` adds the indexes", folder, folder)
+
+
+def _count_local(url: str) -> int:
+    if storage.is_url(url) or not Path(url).is_file():
+        raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
+    reader = TarReader(url)
+    count = sum(1 for _ in reader.samples(exts=frozenset()))
+    if reader.error() is not None:
+        raise reader.error()
+    return count
