@@ -79,7 +79,7 @@ class ErrorPolicy:
 
 
 def read_blocks(segments, shards, exts, errors: ErrorPolicy, *, max_rows: int | None = None,
-                max_bytes: int | None = None, open_url=storage.open_read):
+                max_bytes: int | None = None, open_url=storage.open_read, mark_padding: bool = False):
     """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
 
     ``shards`` is a :class:`ShardSet` (or a list of shard URLs). A shard with an
@@ -94,6 +94,7 @@ def read_blocks(segments, shards, exts, errors: ErrorPolicy, *, max_rows: int | 
     and shards with headers the walk does not read go through Python's tarfile.
     A sample without one of the members, or a fault in the shard, is raised or
     skipped per ``errors``; skipping loses only the samples the fault made unreadable.
+    With ``mark_padding``, a ``"__valid__"`` column is False on padding segments.
     """
     exts = tuple(sorted(exts))
     if not isinstance(shards, ShardSet):
@@ -110,14 +111,24 @@ def read_blocks(segments, shards, exts, errors: ErrorPolicy, *, max_rows: int | 
                 errors.handle(error, seg.stop - seg.start - done)
             if n:
                 block["__shard__"] = pa.array(np.full(n, seg.shard, np.int32))
+                if mark_padding:
+                    block["__valid__"] = pa.array(np.full(n, not seg.padding))
                 yield block
 
 
 def _segment_blocks(shards: ShardSet, seg, exts: tuple[str, ...], limits: tuple, open_url):
     """``(block, missing, error)`` per block of one segment, through its index when it has one.
 
-    Messages name the shard (and index) by URL.
+    Messages name the shard (and index) by URL. A shard or index that cannot be
+    opened (missing, empty, unreadable) is the error of the segment's remaining samples.
     """
+    try:
+        yield from _opened_segment_blocks(shards, seg, exts, limits, open_url)
+    except BioscanError as exc:
+        yield {"__key__": pa.array([], pa.string())}, [], exc
+
+
+def _opened_segment_blocks(shards: ShardSet, seg, exts: tuple[str, ...], limits: tuple, open_url):
     url = shards.urls[seg.shard]
     index_url = shards.indexes[seg.shard] if shards.indexes else None
     if index_url is None:
@@ -173,11 +184,14 @@ def add_record_columns(blocks, task: Task, urls: list[str], errors: ErrorPolicy)
             yield block
 
 
-def refill_blocks(blocks, expected: int):
+def refill_blocks(blocks, expected: int, elsewhere=None):
     """Keep the planned sample count when bad samples were skipped.
 
     Repeats rows of the last good block in place of skipped ones, so every rank
     still yields ``len(loader)`` batches and DDP does not wait on a short rank.
+    When every planned sample was bad, the rows come from ``elsewhere()``: a
+    block of good samples from the rest of the split (the same one on every
+    rank and worker), which raises only when the split has none.
     """
     n, last = 0, None
     for block in blocks:
@@ -186,9 +200,14 @@ def refill_blocks(blocks, expected: int):
         yield block
     if n < expected:
         if last is None:
-            raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
+            if elsewhere is None:
+                raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
+            last = elsewhere()
         index = pa.array(np.arange(expected - n) % len(last["__key__"]))
-        yield {k: v.take(index) for k, v in last.items()}
+        stand_ins = {k: v.take(index) for k, v in last.items()}
+        if "__valid__" in stand_ins:  # a stand-in is padding, never a second copy of a record
+            stand_ins["__valid__"] = pa.array(np.zeros(len(index), bool))
+        yield stand_ins
 
 
 def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
@@ -239,15 +258,32 @@ class EpochStream(IterableDataset):
         self.open_url = functools.partial(storage.open_read, storage_options=storage_options)
 
     def __len__(self) -> int:
-        return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size,
-                                          self.pad, self.drop_last, self.rank)
+        return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size, self.drop_last)
 
     def plan(self, epoch: int, worker: int, num_workers: int) -> list[dist_plan.Segment]:
         """The shard segments this rank's ``worker`` reads in ``epoch``."""
         order = dist_plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle)
-        start, stop = dist_plan.rank_range(self.shards.total, self.rank, self.world_size, self.pad)
+        start, stop = dist_plan.rank_range(self.shards.total, self.rank, self.world_size)
         lo, hi = dist_plan.worker_range(start, stop, self.batch_size, worker, num_workers, self.drop_last)
         return dist_plan.segments(self.shards.counts, order, lo, hi)
+
+    def good_block(self, epoch: int) -> dict:
+        """The first block of good samples in the epoch's shard order: stand-ins for a worker whose samples were all bad.
+
+        The same block on every rank and worker (deterministic); errors met on
+        the way are not this worker's to report. Raises only when no sample of
+        the split can be read, on every rank alike.
+        """
+        order = dist_plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle)
+        quiet = ErrorPolicy("skip")
+        segs = dist_plan.segments(self.shards.counts, order, 0, self.shards.total)
+        blocks = read_blocks(segs, self.shards, self.task.members, quiet, max_rows=DEFAULT_IMAGE_BLOCK,
+                             max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url, mark_padding=not self.pad)
+        for block in add_record_columns(blocks, self.task, self.shards.urls, quiet):
+            return block
+        first = quiet.pending[0][1] if quiet.pending else "no samples"
+        raise BioscanError(f"no sample of the split at {storage.dirname(self.shards.urls[0])} could be read "
+                           f"({len(self.shards.urls)} shard(s); the first error: {first})")
 
     def __iter__(self):
         info = get_worker_info()
@@ -262,9 +298,10 @@ class EpochStream(IterableDataset):
         stages = [
             lambda: iter(segments),
             lambda segs: read_blocks(segs, self.shards, task.members, errors, max_rows=self.block_rows,
-                                     max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url),
+                                     max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url,
+                                     mark_padding=not self.pad),
             lambda blocks: add_record_columns(blocks, task, urls, errors),
-            lambda blocks: refill_blocks(blocks, expected),
+            lambda blocks: refill_blocks(blocks, expected, functools.partial(self.good_block, epoch)),
             lambda blocks: block_batches(blocks, self.batch_size, rng),
             lambda batches: group_batches(batches, self.group),
             lambda groups: collate_groups(groups, task, epoch, urls, errors),
@@ -430,9 +467,13 @@ def make_loader(
     drop_last : bool
         Drop each rank's last partial batch.
     pad : bool, optional
-        Give every rank ``ceil(N / world_size)`` samples, repeating fewer than
-        ``world_size`` samples, so all ranks yield the same number of batches
-        (default: True except for ``embed``, which yields every record exactly once).
+        Every rank gets ``ceil(N / world_size)`` samples, so all ranks yield the
+        same batches; the fewer than ``world_size`` positions past the end wrap
+        to the start. True: they are ordinary samples (seen twice this epoch, as
+        with ``DistributedSampler``). False (``embed``'s default): the batches
+        carry a bool ``valid`` tensor, False on them, and
+        :func:`bioscan_io.distributed.all_gather_valid` gathers a batch's rows
+        across ranks without them: every record exactly once.
     rank, world_size : int, optional
         Default: from torch.distributed when initialised, else ``RANK``/``WORLD_SIZE``.
     modality : str or tuple of str, optional

@@ -17,6 +17,9 @@ clip       processid, image, input_ids, attention_mask, text
 embed      processid, ``<rank>_index`` for every rank, and input_ids +
            attention_mask and/or image (``modality``)
 =========  ===================================================================
+
+With ``pad=False`` (``embed``'s default) every batch also holds ``valid``: a
+bool tensor, False on the padding rows that give every rank the same batches.
 """
 
 from __future__ import annotations
@@ -197,11 +200,19 @@ class Task:
         """A batch from a block of rows: one tokenizer call, images decoded straight into the batch."""
         keys = block["__key__"].to_pylist()
         batch: dict = {"processid": keys}
+        stand_ins = 0
         if "image" in self.modalities:
             batch["image"], index = self._images(block, keys, epoch, urls, errors)
             if index is not None:  # bad images skipped: good samples of the batch stand in
                 block = {k: v.take(pa.array(index)) for k, v in block.items()}
                 batch["processid"] = block["__key__"].to_pylist()
+                stand_ins = len(index) - len(set(index))
+        if "__valid__" in block:  # pad=False: padding rows (and stand-ins) are marked, not dropped
+            valid = handover.empty_array((len(batch["processid"]),), np.bool_)
+            valid[:] = block["__valid__"].to_numpy()
+            if stand_ins:
+                valid[len(valid) - stand_ins:] = False
+            batch["valid"] = torch.from_numpy(valid)
         if "dna" in self.modalities:
             batch.update(self._tokens(block, epoch))
         names = [name for name in ("label", *(f"{rank}_index" for rank in RANKS)) if name in block]
@@ -239,7 +250,7 @@ class Task:
             total += pixels * (1 if self.images.dtype == "uint8" else 4)
         if self.spec.columns is not None:
             total += (len(RANKS) + 1) * batch_size * 8
-        return total + 16 * 64  # each tensor is aligned to 64 bytes
+        return total + batch_size + 16 * 64  # valid (pad=False); each tensor aligned to 64 bytes
 
     def _prepare(self, data: bytes, key: str, epoch: int, where: str):
         cfg = self.images

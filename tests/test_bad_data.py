@@ -201,3 +201,79 @@ def test_jpeg_damage_only_the_decoder_sees(split, train):
         run(split, "clip", "raise", train=train)
     assert shard.name in str(err.value) and victim in str(err.value)
     check_skip(split, "clip", 1, train=train)
+
+
+def _damage(split: Path) -> int:
+    """Remove one shard (tar and index) and cut another to zero bytes; the samples they held."""
+    entries = read_manifest(split)["shards"]
+    for i, entry in enumerate(entries[1:3]):
+        for name in (entry["name"], entry.get("index", {}).get("name")):
+            if name and (split / name).exists():
+                if i == 0:
+                    (split / name).unlink()
+                else:
+                    (split / name).write_bytes(b"")
+    return entries[1]["count"] + entries[2]["count"]
+
+
+def _padding_in(split: Path, seed: int, world: int, damaged: set, epoch: int = 0) -> int:
+    """Padding positions of the epoch (repeats from the stream's start) that fall in ``damaged`` shards."""
+    from bioscan_io import distributed as plan
+
+    entries = read_manifest(split)["shards"]
+    counts = [e["count"] for e in entries]
+    total = sum(counts)
+    order = plan.shard_order(len(counts), seed, epoch, True)
+    extra = plan.segments(counts, order, total, world * -(-total // world))
+    return sum(seg.stop - seg.start for seg in extra if entries[seg.shard]["name"] in damaged)
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("task,kw", [("mlm", {}), ("classify", {"modality": "image"})])
+def test_skip_never_kills_a_rank(good, tmp_path, indexed, task, kw):
+    """3 ranks x 2 workers over a split with a missing and a zero-byte shard: full batches, exact counts."""
+    split = tmp_path / "shards" / "train"
+    shutil.copytree(good, split)
+    shutil.copy(good.parent / "labels.json", split.parent / "labels.json")
+    if not indexed:
+        strip_indexes(split)
+    lost = _damage(split)
+    damaged = {e["name"] for e in read_manifest(split)["shards"][1:3]}
+    total = read_manifest(split)["num_samples"]
+    for seed in (0, 1, 2):
+        skipped = 0
+        for rank in range(3):
+            loader = make_loader(split, task, batch_size=8, num_workers=2, seed=seed, rank=rank, world_size=3,
+                                 on_error="skip", **kw)
+            sizes = [len(b["processid"]) for b in loader]
+            assert len(sizes) == len(loader)
+            assert sum(sizes) == -(-total // 3)
+            skipped += loader.skipped
+        assert skipped == lost + _padding_in(split, seed, 3, damaged), seed
+
+
+def test_a_split_with_no_readable_sample_raises_on_every_rank(split):
+    for entry in read_manifest(split)["shards"]:
+        (split / entry["name"]).write_bytes(b"")
+        if entry.get("index"):
+            (split / entry["index"]["name"]).write_bytes(b"")
+    for rank in range(2):
+        loader = make_loader(split, "mlm", batch_size=8, rank=rank, world_size=2, on_error="skip")
+        with pytest.raises(BioscanError, match=r"no sample of the split at .* could be read"):
+            list(loader)
+
+
+def test_skip_under_torchrun_no_rank_raises(good, tmp_path):
+    """gloo, 3 ranks x 2 workers, a missing and a zero-byte shard, two epochs (two shard orders)."""
+    from test_loader import _torchrun
+
+    split = tmp_path / "shards" / "train"
+    shutil.copytree(good, split)
+    shutil.copy(good.parent / "labels.json", split.parent / "labels.json")
+    lost = _damage(split)
+    damaged = {e["name"] for e in read_manifest(split)["shards"][1:3]}
+    results = _torchrun(split, tmp_path / "out", 3, 2, batch=BATCH, task="mlm:skip")
+    for epoch in range(2):
+        assert len({r["epochs"][epoch]["batches"] for r in results} | {r["len"] for r in results}) == 1
+        skipped = sum(r["epochs"][epoch]["skipped"] for r in results)
+        assert skipped == lost + _padding_in(split, 3, 3, damaged, epoch)

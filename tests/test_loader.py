@@ -48,7 +48,7 @@ EXPECTED_KEYS = {
     "mlm": {"processid", "input_ids", "attention_mask", "labels"},
     "classify": {"processid", "input_ids", "attention_mask", "label"},
     "clip": {"processid", "image", "input_ids", "attention_mask", "text"},
-    "embed": {"processid", "input_ids", "attention_mask", "image"} | {f"{r}_index" for r in RANKS},
+    "embed": {"processid", "input_ids", "attention_mask", "image", "valid"} | {f"{r}_index" for r in RANKS},
 }
 
 
@@ -237,6 +237,55 @@ def test_distributed_ranks_equal_disjoint_and_complete(shards, tmp_path, world, 
         assert repeats == world * -(-total // world) - total < world  # the documented padding
         assert all(len(p) == len(set(p)) for p in per_rank)
     assert results[0]["epochs"][0]["pids"] != results[0]["epochs"][1]["pids"]
+
+
+@pytest.fixture(scope="module")
+def split_602(tmp_path_factory) -> Path:
+    """602 records in one split folder: 201 per rank for 3 ranks, padding on the last."""
+    from bioscan_io import synth
+
+    root = tmp_path_factory.mktemp("data-602")
+    synth.generate(root, n_records=602, seed=11, workers=2)
+    out = tmp_path_factory.mktemp("shards-602")
+    shard_split(root, "all", out=out, maxcount=100, **QUIET)
+    return out / "all"
+
+
+@pytest.mark.parametrize("batch", [7, 8, 200])
+def test_embed_gathered_per_batch_is_every_record_once(split_602, tmp_path, batch):
+    """3 ranks x 2 workers, an all_gather per batch: equal batch counts, padding dropped, nothing twice."""
+    results = _torchrun(split_602, tmp_path, 3, 2, batch=batch, task="embed-gather")
+    total = read_manifest(split_602)["num_samples"]
+    assert total == 602
+    assert len({r["batches"] for r in results} | {r["len"] for r in results}) == 1
+    for r in results:  # every rank gathered the same rows
+        assert r["gathered"] == results[0]["gathered"] and r["rows"] == total
+    gathered = results[0]["gathered"]
+    assert len(gathered) == total == len(set(gathered))
+
+
+def test_extract_embeddings_under_torchrun_gathers_every_record_once(split_602, tmp_path):
+    results = _torchrun(split_602, tmp_path, 3, 0, batch=16, task="embed-extract")
+    assert all(r["gathered"] == results[0]["gathered"] and r["species"] == results[0]["species"] for r in results)
+    assert results[0]["rows"] == 602 == len(set(results[0]["gathered"]))
+
+
+def test_embed_marks_padding_valid_false(split_602):
+    """pad=False: ranks get ceil(N / world) rows each; the wrapped ones are valid=False."""
+    seen, valid_rows = [], 0
+    for rank in range(3):
+        loader = make_loader(split_602, "embed", modality="dna", batch_size=64, rank=rank, world_size=3)
+        batches = list(loader)
+        assert len(batches) == len(loader) == 4
+        for b in batches:
+            assert b["valid"].dtype == torch.bool and len(b["valid"]) == len(b["processid"])
+            seen += [p for p, ok in zip(b["processid"], b["valid"].tolist()) if ok]
+            valid_rows += int(b["valid"].sum())
+        assert sum(len(b["processid"]) for b in batches) == 201
+    assert valid_rows == 602 == len(set(seen))
+    padded = make_loader(split_602, "embed", modality="dna", batch_size=64, rank=3, world_size=4)
+    assert sum(int((~b["valid"]).sum()) for b in padded) == 4 * 151 - 602
+    assert "valid" not in next(iter(make_loader(split_602, "mlm", batch_size=64, rank=0, world_size=3)))
 
 
 def test_example_trains_under_torchrun_on_cpu(shards, tmp_path):

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..distributed import all_gather_valid, all_gather_valid_objects
 from ..schema import RANKS
-from .checks import EvaluationError, check_rank, feature_matrix, label_vector, no_duplicates, rank_labels, to_numpy
+from .checks import EvaluationError, check_rank, feature_matrix, label_vector, no_duplicates, rank_labels
 
 __all__ = ["Embeddings", "extract_embeddings", "masked_mean_pool"]
 
@@ -237,9 +238,12 @@ def extract_embeddings(model, loader, *, modality: str = "dna", forward=None, de
     Notes
     -----
     The model is put in eval mode for the pass and given back in the mode it was in.
-    Under ``torch.distributed`` each rank embeds its own part of the data; gather
-    the parts (e.g. ``torch.distributed.all_gather_object``) and
-    :meth:`Embeddings.concat` them before evaluating.
+    Under ``torch.distributed``, each rank embeds its own part of the data and,
+    for an ``embed`` loader (``pad=False``: every rank the same batches, padding
+    marked ``valid=False``), each batch's embeddings, processids and labels are
+    gathered across ranks with the padding dropped
+    (:func:`bioscan_io.distributed.all_gather_valid`): every rank returns every
+    record exactly once. Loaders without ``valid`` are not gathered.
     """
     models = dict(model) if isinstance(model, Mapping) else {modality: model}
     forwards = _forwards(models, forward)
@@ -284,7 +288,11 @@ def _eval_mode(models: Mapping) -> Iterator[None]:
 
 
 def _embed_all(models: Mapping, forwards: Mapping, loader, device: torch.device, max_batches: int | None):
-    """One pass over the loader: per modality the feature blocks, the processids, per rank the label blocks."""
+    """One pass over the loader: per modality the feature blocks, the processids, per rank the label blocks.
+
+    A batch with ``valid`` (``pad=False``) is gathered across ranks under
+    torch.distributed, padding dropped (one collective per batch, on every rank).
+    """
     chunks: dict[str, list] = {m: [] for m in models}
     pids: list[str] = []
     labels: dict[str, list] = {r: [] for r in RANKS}
@@ -293,16 +301,24 @@ def _embed_all(models: Mapping, forwards: Mapping, loader, device: torch.device,
             break
         if i == 0:  # a wrong loader fails on its first batch, before any model runs
             _check_embed_batch(batch, models)
-        for m, block in _embed_batch(models, forwards, batch, device).items():
-            chunks[m].append(block)
-        pids.extend(batch["processid"])
-        for r in RANKS:
-            labels[r].append(to_numpy(batch[f"{r}_index"]).astype(np.int64))
+        blocks = _embed_batch(models, forwards, batch, device)
+        ranks = torch.stack([torch.as_tensor(batch[f"{r}_index"]) for r in RANKS], dim=1).to(device)
+        batch_pids = list(batch["processid"])
+        if "valid" in batch:
+            blocks = {m: all_gather_valid(block, batch["valid"]) for m, block in blocks.items()}
+            ranks = all_gather_valid(ranks, batch["valid"])
+            batch_pids = all_gather_valid_objects(batch_pids, batch["valid"])
+        for m, block in blocks.items():
+            chunks[m].append(block.cpu().numpy())
+        pids.extend(batch_pids)
+        ranks = ranks.cpu().numpy().astype(np.int64)
+        for j, r in enumerate(RANKS):
+            labels[r].append(ranks[:, j])
     return chunks, pids, labels
 
 
 def _embed_batch(models: Mapping, forwards: Mapping, batch: Mapping, device: torch.device) -> dict:
-    """Per modality, the batch's float32 ``(batch, dim)`` embeddings as a numpy array."""
+    """Per modality, the batch's float32 ``(batch, dim)`` embeddings (a tensor on ``device``)."""
     moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     n = len(batch["processid"])
     out = {}
@@ -311,7 +327,7 @@ def _embed_batch(models: Mapping, forwards: Mapping, batch: Mapping, device: tor
         if emb.ndim != 2 or emb.shape[0] != n:
             raise EvaluationError(f"the {m} forward gave shape {tuple(emb.shape)} for a batch of {n}; "
                                   "it must give (batch, dim)")
-        out[m] = emb.detach().float().cpu().numpy()
+        out[m] = emb.detach().float()
     return out
 
 
