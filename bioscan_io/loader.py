@@ -494,7 +494,9 @@ def make_loader(
         missing member, a shard shorter than its manifest) raises ``BioscanError``
         naming the shard and sample (default), or is skipped and counted: the loader's
         ``errors`` and ``skipped`` give them, they are logged at the end of the epoch,
-        and recent good samples stand in for them so ``len()`` still holds.
+        and recent good samples stand in for them so ``len()`` still holds (from
+        elsewhere in the split when all of a worker's samples were bad; only a split
+        with no readable sample raises, on every rank alike).
     storage_options : dict, optional
         For fsspec URLs: the filesystem's options (e.g. ``{"endpoint_url":
         "http://127.0.0.1:9000", "key": ..., "secret": ...}`` for an S3-compatible
