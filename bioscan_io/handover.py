@@ -39,7 +39,7 @@ import weakref
 import numpy as np
 import torch
 
-__all__ = ["SlotArena", "empty", "empty_array", "in_slots"]
+__all__ = ["SlotArena", "empty", "empty_array", "shared_tensor", "in_slots"]
 
 log = logging.getLogger("bioscan_io")
 LIVE = np.uint32(0xFFFFFFFF)
@@ -63,16 +63,25 @@ class SlotArena:
 
     def __init__(self, workers: int, slots: int, slot_bytes: int):
         self.workers, self.slots = workers, slots
-        self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
-        n = workers * slots
-        if n * 4 + 8 > _HEADER:
-            raise ValueError(f"{n} slots do not fit the arena's header")
-        self.block = _shared_bytes(_HEADER + n * self.slot_bytes)
+        self.slot_bytes = _aligned(slot_bytes)
+        if workers * slots * 4 + 8 > _HEADER:
+            raise ValueError(f"{workers * slots} slots do not fit the arena's header")
+        self.block = shared_tensor((self.nbytes(workers, slots, slot_bytes),), torch.uint8)
+        self._attach()
+        self._states[:] = 0
+        self._iteration[0] = 1
+
+    @staticmethod
+    def nbytes(workers: int, slots: int, slot_bytes: int) -> int:
+        """The arena's size: its header and every slot."""
+        return _HEADER + workers * slots * _aligned(slot_bytes)
+
+    def _attach(self) -> None:
+        """This process's views of the block, and its own bookkeeping."""
+        n = self.workers * self.slots
         self._bytes = self.block.numpy()
         self._states = self._bytes[: n * 4].view(np.uint32)
         self._iteration = self._bytes[n * 4 + 4:n * 4 + 8].view(np.uint32)
-        self._states[:] = 0
-        self._iteration[0] = 1
         self._live = [0] * n  # main process: tensors of each delivered slot still alive
         self._lock = threading.Lock()
         self._slot = None  # worker: (slot, bytes used) of the batch being made
@@ -82,11 +91,7 @@ class SlotArena:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        n = self.workers * self.slots
-        self._bytes = self.block.numpy()
-        self._states = self._bytes[: n * 4].view(np.uint32)
-        self._iteration = self._bytes[n * 4 + 4:n * 4 + 8].view(np.uint32)
-        self._live, self._lock, self._slot = [0] * n, threading.Lock(), None
+        self._attach()
 
     @classmethod
     def fitting(cls, workers: int, slots: int, slot_bytes: int) -> SlotArena | None:
@@ -96,7 +101,7 @@ class SlotArena:
         ``/dev/shm`` (Docker's default is 64 MB) would end the workers with SIGBUS
         then, so the loader uses PyTorch's own hand-over instead (and says so once).
         """
-        need = _HEADER + workers * slots * (-(-slot_bytes // _ALIGN) * _ALIGN)
+        need = cls.nbytes(workers, slots, slot_bytes)
         free = _shm_free()
         if free is not None and need > free // 2:
             log.info("bioscan_io: %d MiB of batch slots would not fit in /dev/shm (%d MiB free): workers hand "
@@ -160,7 +165,7 @@ class SlotArena:
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if used + nbytes > self.slot_bytes:
             return None
-        self._slot[1] = used + -(-nbytes // _ALIGN) * _ALIGN
+        self._slot[1] = used + _aligned(nbytes)
         base = _HEADER + slot * self.slot_bytes + used
         return self._bytes[base:base + nbytes].view(dtype).reshape(shape)
 
@@ -199,12 +204,17 @@ def _shm_free() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _shared_bytes(nbytes: int) -> torch.Tensor:
-    """A uint8 tensor in shared memory whose pages are not touched until used."""
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def shared_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor in shared memory whose pages are not touched until used (sent from a worker without a copy)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
     if new_shared is None:  # a PyTorch without it: share_memory_() copies, touching every page once
-        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-    return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes))
+        return torch.empty(shape, dtype=dtype).share_memory_()
+    return torch.empty(0, dtype=dtype).set_(new_shared(nbytes)).view(shape)
 
 
 _CURRENT: SlotArena | None = None  # the arena of this worker process, while a batch is being made

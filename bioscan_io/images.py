@@ -436,8 +436,7 @@ def _empty(shape: tuple[int, ...], dtype):
     elif (out := handover.empty(shape, dtype)) is not None:
         return out  # a reused slot: its pages are in place already
     else:
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes)).view(shape)
+        out = handover.shared_tensor(shape, dtype)
     if out.nbytes >= 1 << 20:
         _prefault(out)
     return out

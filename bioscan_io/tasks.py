@@ -228,23 +228,27 @@ class Task:
     def _tokens(self, block: dict, epoch: int) -> dict:
         """``input_ids`` and ``attention_mask`` (and MLM ``labels``) of the block's barcodes."""
         cfg, tokenizer = self.tokens, self.tokens.tokenizer
-        out = handover.empty_array((3 if self.spec.masked else 2, len(block["__key__"]), tokenizer.n_tokens),
-                                   cfg.np_dtype)
+        names = self.token_names
+        out = handover.empty_array((len(names), len(block["__key__"]), tokenizer.n_tokens), cfg.np_dtype)
         if not self.spec.masked:
-            tokenizer.encode(block["dna"], out=(out[0], out[1]))
-            return dict(zip(("input_ids", "attention_mask"), torch.from_numpy(out)))
-        tokenizer.encode_mlm(
-            block["dna"], block["__key__"], seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
-            label_mode=cfg.label_mode, random_offset=cfg.random_offset, out=(out[0], out[1], out[2]),
-        )
-        return dict(zip(("input_ids", "attention_mask", "labels"), torch.from_numpy(out)))
+            tokenizer.encode(block["dna"], out=tuple(out))
+        else:
+            tokenizer.encode_mlm(
+                block["dna"], block["__key__"], seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
+                label_mode=cfg.label_mode, random_offset=cfg.random_offset, out=tuple(out),
+            )
+        return dict(zip(names, torch.from_numpy(out)))
+
+    @property
+    def token_names(self) -> tuple[str, ...]:
+        """The token tensors of a batch, made as the rows of one array."""
+        return ("input_ids", "attention_mask", "labels") if self.spec.masked else ("input_ids", "attention_mask")
 
     def batch_nbytes(self, batch_size: int) -> int:
         """Most bytes of a batch's tensors (what a worker's hand-over slot must hold)."""
         total = 0
         if "dna" in self.modalities:
-            tokens = 3 if self.spec.masked else 2
-            total += tokens * batch_size * self.tokens.tokenizer.n_tokens * np.dtype(self.tokens.np_dtype).itemsize
+            total += len(self.token_names) * batch_size * self.tokens.tokenizer.n_tokens * np.dtype(self.tokens.np_dtype).itemsize
         if "image" in self.modalities:
             pixels = batch_size * 3 * self.images.size ** 2
             total += pixels * (1 if self.images.dtype == "uint8" else 4)

@@ -302,11 +302,11 @@ def _embed_all(models: Mapping, forwards: Mapping, loader, device: torch.device,
         if i == 0:  # a wrong loader fails on its first batch, before any model runs
             _check_embed_batch(batch, models)
         blocks = _embed_batch(models, forwards, batch, device)
-        ranks = torch.stack([torch.as_tensor(batch[f"{r}_index"]) for r in RANKS], dim=1).to(device)
+        ranks = torch.stack([torch.as_tensor(batch[f"{r}_index"]) for r in RANKS], dim=1)
         batch_pids = list(batch["processid"])
-        if "valid" in batch:
+        if "valid" in batch:  # on the device the process group communicates on
             blocks = {m: all_gather_valid(block, batch["valid"]) for m, block in blocks.items()}
-            ranks = all_gather_valid(ranks, batch["valid"])
+            ranks = all_gather_valid(ranks.to(device), batch["valid"])
             batch_pids = all_gather_valid_objects(batch_pids, batch["valid"])
         for m, block in blocks.items():
             chunks[m].append(block.cpu().numpy())
