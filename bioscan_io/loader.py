@@ -1,28 +1,27 @@
 """``make_loader``: WebDataset pipelines for the tasks of the BIOSCAN-5M paper.
 
-Each DataLoader worker runs one pipeline, a list of small stages over blocks
-of rows (Arrow columns): no Python object per sample is made but the ids
-(and text) handed out and the images being decoded::
+Each DataLoader worker runs one pipeline, a list of small stages over items
+(a few consecutive batches, as Arrow columns): no Python object per sample is
+made but the ids (and text) handed out and the images being decoded::
 
-    epoch plan (this rank's and worker's shard segments, distributed.py)
-      -> read blocks (only the tar members the task needs; compiled header walk)
-      -> parse records (the .json fields the task needs -> label / text columns)
+    items (this rank's canonical stream, plan.py: worker w of W makes items w, w+W, ...)
+      -> read (the rows each item names: from the per-shard index, or one header walk)
       -> refill (good rows stand in for skipped bad ones: exact len() for DDP)
-      -> batches (each block permuted once, cut into slices; training only)
-      -> groups (small batches joined, so they cost one tokenizer call and one hand-over)
-      -> collate (one tokenizer call per group; images decoded into the batch)
-      -> hand-over (a worker makes the group in a reused shared-memory slot)
-    main process: the group cut back into its batches (views, no copy)
+      -> collate (one tokenizer call per item; images decoded into the batch)
+      -> hand-over (a worker makes the item in a reused shared-memory slot)
+    main process: the item cut back into its batches (views, no copy)
 
+The DataLoader hands items out in that same order, so the batches of an epoch
+do not depend on ``num_workers``; ``BioscanLoader.state_dict()`` records how
+many a rank has yielded, and ``load_state_dict()`` continues from there.
 Batches are dicts of torch tensors, plus lists of strings for ids and text;
 what each task puts in them is :mod:`bioscan_io.tasks`'s table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
+import json
 import logging
 import multiprocessing
 
@@ -32,22 +31,19 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import distributed as dist_plan
-from . import handover, storage
-from .format import indexed_blocks, load_index, local_blocks, parse_records
+from . import distributed, handover, plan, storage
+from .format import load_index, parse_records, take_indexed, take_local
+from .resume import make_state, plan_identity, read_state
 from .shardlist import ShardSet, find_shards
 from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 
-__all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "ErrorPolicy", "read_blocks",
-           "add_record_columns", "refill_blocks", "block_batches", "group_batches", "collate_groups", "split_group",
-           "DEFAULT_IMAGE_BLOCK", "DEFAULT_BLOCK_BYTES"]
+__all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "ErrorPolicy", "read_rows",
+           "record_columns", "read_items", "refill_items", "collate_groups", "split_group", "DEFAULT_IMAGE_BLOCK"]
 
 log = logging.getLogger("bioscan_io")
-#: Default block of samples read and shuffled together for tasks with images.
+#: Default shuffle window for tasks with images: samples of one shard permuted together.
 DEFAULT_IMAGE_BLOCK = 1000
-#: Most payload bytes a worker reads into one block (large images: fewer samples a block).
-DEFAULT_BLOCK_BYTES = 256 << 20
 #: Hand-over slots per worker beyond ``prefetch_factor``: batches the consumer may hold
 #: (the one in use, the one being fetched) before a worker falls back to PyTorch's hand-over.
 HANDOVER_SLOTS_HELD = 2
@@ -78,209 +74,169 @@ class ErrorPolicy:
         return out
 
 
-def read_blocks(segments, shards, exts, errors: ErrorPolicy, *, max_rows: int | None = None,
-                max_bytes: int | None = None, open_url=storage.open_read, mark_padding: bool = False):
-    """Columnar read: blocks ``{"__key__": keys, ext: payloads..., "__shard__": shard index}``.
+def read_rows(shards: ShardSet, shard: int, rows: np.ndarray, exts, errors: ErrorPolicy,
+              copies: storage.LocalCopies) -> tuple[dict, np.ndarray]:
+    """The samples at ``rows`` of one shard, and their indices into ``rows`` (the rest were bad).
 
-    ``shards`` is a :class:`ShardSet` (or a list of shard URLs). A shard with an
-    index (format version 2) is read from its memory-mapped index: barcodes and
-    the record fields (as a ``"record"`` struct column in place of ``.json``)
-    with no tar page touched, images at the offsets the index gives. Any other
-    segment is read with one header walk. Either way it is cut into blocks of at most
-    ``max_rows`` samples and ``max_bytes`` of payload (None: no bound; a block
-    holds at least one sample), so a worker never holds more than a block of
-    images. Shards go through the compiled walk (no Python object per sample);
-    remote ones are first copied to a temporary file (opened by ``open_url``),
-    and shards with headers the walk does not read go through Python's tarfile.
-    A sample without one of the members, or a fault in the shard, is raised or
-    skipped per ``errors``; skipping loses only the samples the fault made unreadable.
-    With ``mark_padding``, a ``"__valid__"`` column is False on padding segments.
+    A shard with an index (format version 2) is read from its memory-mapped
+    index: barcodes and the record fields (as a ``"record"`` struct column in
+    place of ``.json``) with no tar page touched, images at the offsets the index
+    gives. Any other shard is read with one header walk over the rows' range
+    (remote shards are first copied to a temporary file, held by ``copies``). A
+    sample without one of the members, a fault in the shard, or a shard or
+    index that cannot be opened is raised or skipped per ``errors``; skipping
+    loses only the rows the fault made unreadable. Messages name the shard by URL.
     """
-    exts = tuple(sorted(exts))
-    if not isinstance(shards, ShardSet):
-        shards = ShardSet([str(u) for u in shards], [])
-    for seg in segments:
-        url = shards.urls[seg.shard]
-        done = 0  # samples of the segment delivered or reported
-        for block, missing, error in _segment_blocks(shards, seg, exts, (max_rows, max_bytes), open_url):
-            for key, ext in missing:
-                errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
-            n = len(block["__key__"])
-            done += n + len(missing)
-            if error is not None:
-                errors.handle(error, seg.stop - seg.start - done)
-            if n:
-                block["__shard__"] = pa.array(np.full(n, seg.shard, np.int32))
-                if mark_padding:
-                    block["__valid__"] = pa.array(np.full(n, not seg.padding))
-                yield block
+    url = shards.urls[shard]
+    try:
+        block, kept, missing, error = _take(shards, shard, rows, tuple(sorted(exts)), copies)
+    except BioscanError as exc:
+        block, kept, missing, error = {"__key__": pa.array([], pa.string())}, np.zeros(0, np.int64), [], exc
+    for key, ext in missing:
+        errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
+    lost = len(rows) - len(kept) - len(missing)
+    if lost:
+        errors.handle(error or BioscanError(f"shard {url}: {lost} sample(s) could not be read"), lost)
+    block["__shard__"] = pa.array(np.full(len(kept), shard, np.int32))
+    return block, kept
 
 
-def _segment_blocks(shards: ShardSet, seg, exts: tuple[str, ...], limits: tuple, open_url):
-    """``(block, missing, error)`` per block of one segment, through its index when it has one.
+def _take(shards: ShardSet, shard: int, rows: np.ndarray, exts: tuple[str, ...], copies) -> tuple:
+    url = shards.urls[shard]
+    index_url = shards.indexes[shard] if shards.indexes else None
+    if index_url is None:
+        return take_local(copies.path(url), rows, exts, name=url)
+    index = load_index(copies.path(index_url), shards.entries[shard], name=index_url)
+    tar = copies.path(url) if "jpg" in exts else None  # without images, no tar page is touched
+    return take_indexed(index, rows, exts, tar=tar, name=url)
 
-    Messages name the shard (and index) by URL. A shard or index that cannot be
-    opened (missing, empty, unreadable) is the error of the segment's remaining samples.
+
+def record_columns(block: dict, task: Task, urls: list[str], errors: ErrorPolicy) -> dict:
+    """The block with its ``.json`` (or index ``record``) column replaced by the columns the task needs.
+
+    A record that cannot be parsed is reported per ``errors`` and its row dropped.
+    """
+    if "record" in block:  # read from the index: the fields, already columns
+        record = block.pop("record")
+        block.update(task.record_columns(pa.Table.from_struct_array(record)))
+        return block
+    if "json" not in block:
+        return block
+    table, bad = parse_records(block["json"], task.record_fields)
+    if bad:
+        keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
+        for i, message in bad:
+            errors.handle(BioscanError(f"bad JSON in {urls[shards[i]]}: {keys[i]}.json: {message}"), 1)
+        keep = np.ones(len(keys), bool)
+        keep[[i for i, _ in bad]] = False
+        mask = pa.array(keep)
+        block, table = {k: v.filter(mask) for k, v in block.items()}, table.filter(mask)
+    del block["json"]
+    block.update(task.record_columns(table))
+    return block
+
+
+def read_items(items, shards: ShardSet, task: Task, errors: ErrorPolicy, copies: storage.LocalCopies,
+               mark_padding: bool):
+    """``(item, block)``: each item's samples read, with the task's record columns; bad rows left out.
+
+    With ``mark_padding``, a ``"__valid__"`` column is False on the padding rows.
     """
     try:
-        yield from _opened_segment_blocks(shards, seg, exts, limits, open_url)
-    except BioscanError as exc:
-        yield {"__key__": pa.array([], pa.string())}, [], exc
+        for item in items:
+            parts = []
+            for shard, index in item.runs():
+                block, kept = read_rows(shards, shard, item.row[index], task.members, errors, copies)
+                if mark_padding:
+                    block["__valid__"] = pa.array(~item.padding[index][kept])
+                block = record_columns(block, task, shards.urls, errors)
+                if len(block["__key__"]):
+                    parts.append(block)
+            yield item, _joined(parts)
+    finally:
+        copies.close()
 
 
-def _opened_segment_blocks(shards: ShardSet, seg, exts: tuple[str, ...], limits: tuple, open_url):
-    url = shards.urls[seg.shard]
-    index_url = shards.indexes[seg.shard] if shards.indexes else None
-    if index_url is None:
-        with _local(url, open_url) as path:
-            yield from local_blocks(path, seg.start, seg.stop, exts, *limits, name=url)
-        return
-    with _local(index_url, open_url) as path:
-        index = load_index(path, shards.entries[seg.shard], name=index_url)
-    if "jpg" not in exts:  # no tar page touched
-        yield from indexed_blocks(index, seg.start, seg.stop, exts, *limits, name=url)
-        return
-    with _local(url, open_url) as path:
-        yield from indexed_blocks(index, seg.start, seg.stop, exts, *limits, tar=path, name=url)
+def _joined(parts: list[dict]) -> dict:
+    """Blocks with the same columns as one (chunked, no copy); index and tar string types unified."""
+    if not parts:
+        return {"__key__": pa.array([], pa.string())}
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for key in parts[0]:
+        chunks = [c for p in parts for c in (p[key].chunks if isinstance(p[key], pa.ChunkedArray) else [p[key]])]
+        kind = chunks[0].type
+        out[key] = pa.chunked_array([c if c.type == kind else c.cast(kind) for c in chunks])
+    return out
 
 
-@contextlib.contextmanager
-def _local(url: str, open_url):
-    """A local path for ``url``: the file itself, or a remote one copied to a temporary file.
+def refill_items(items, elsewhere, mark_padding: bool):
+    """Each item's block with exactly its planned rows, its batch sizes in ``_sizes``.
 
-    A stream cannot be memory-mapped; the copy costs the bytes a tar reader would
-    stream through anyway.
+    Good rows of the item stand in for the skipped bad ones (repeated in
+    order), so every rank still yields ``len(loader)`` full batches and DDP does
+    not wait on a short rank. When every row of the item was bad, the rows come
+    from ``elsewhere(n)``: good samples from the rest of the split (the same on
+    every rank and worker), which raises only when the split has none. Stand-ins
+    are ``valid=False`` under ``mark_padding``: never a second copy of a record.
     """
-    if storage.is_url(url):
-        with storage.spool(url, open_url) as local:
-            yield local
-    else:
-        yield storage.local_path(url)
-
-
-def add_record_columns(blocks, task: Task, urls: list[str], errors: ErrorPolicy):
-    """Replace each block's ``.json`` column by the columns the task needs (labels, text)."""
-    for block in blocks:
-        if "record" in block:  # read from the index: the fields, already columns
-            record = block.pop("record")
-            block.update(task.record_columns(pa.Table.from_struct_array(record)))
-            yield block
-            continue
-        if "json" not in block:
-            yield block
-            continue
-        table, bad = parse_records(block["json"], task.record_fields)
-        if bad:
-            keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
-            for i, message in bad:
-                errors.handle(BioscanError(f"bad JSON in {urls[shards[i]]}: {keys[i]}.json: {message}"), 1)
-            keep = np.ones(len(keys), bool)
-            keep[[i for i, _ in bad]] = False
-            mask = pa.array(keep)
-            block, table = {k: v.filter(mask) for k, v in block.items()}, table.filter(mask)
-        del block["json"]
-        block.update(task.record_columns(table))
-        if len(block["__key__"]):
-            yield block
-
-
-def refill_blocks(blocks, expected: int, elsewhere=None):
-    """Keep the planned sample count when bad samples were skipped.
-
-    Repeats rows of the last good block in place of skipped ones, so every rank
-    still yields ``len(loader)`` batches and DDP does not wait on a short rank.
-    When every planned sample was bad, the rows come from ``elsewhere()``: a
-    block of good samples from the rest of the split (the same one on every
-    rank and worker), which raises only when the split has none.
-    """
-    n, last = 0, None
-    for block in blocks:
-        n += len(block["__key__"])
-        last = block
+    for item, block in items:
+        n, want = len(block["__key__"]), sum(item.sizes)
+        if n < want:
+            source = block if n else elsewhere(want)
+            index = pa.array(np.arange(want - n) % len(source["__key__"]))
+            stand_ins = {k: v.take(index) for k, v in source.items()}
+            if mark_padding:
+                stand_ins["__valid__"] = pa.array(np.zeros(want - n, bool))
+            block = _joined([block, stand_ins]) if n else stand_ins
+        block["_sizes"] = item.sizes
         yield block
-    if n < expected:
-        if last is None:
-            if elsewhere is None:
-                raise BioscanError(f"every one of the {expected} samples planned for this worker was bad")
-            last = elsewhere()
-        index = pa.array(np.arange(expected - n) % len(last["__key__"]))
-        stand_ins = {k: v.take(index) for k, v in last.items()}
-        if "__valid__" in stand_ins:  # a stand-in is padding, never a second copy of a record
-            stand_ins["__valid__"] = pa.array(np.zeros(len(index), bool))
-        yield stand_ins
-
-
-def block_batches(blocks, batch_size: int, rng: np.random.Generator | None):
-    """Batches of ``batch_size`` rows cut from the blocks, shuffled by index within a block.
-
-    A block is permuted once (one Arrow ``take``), then cut into zero-copy slices;
-    rows left over from one block are completed from the head of the next (only
-    those rows are copied), so only the last batch is partial.
-    """
-    leftover = None
-    for block in blocks:
-        n = len(block["__key__"])
-        if rng is not None:
-            order = pa.array(rng.permutation(n))
-            block = {k: v.take(order) for k, v in block.items()}
-        at = 0
-        if leftover is not None:
-            at = min(batch_size - len(leftover["__key__"]), n)
-            leftover = {k: pa.concat_arrays([leftover[k], v.slice(0, at)]) for k, v in block.items()}
-            if len(leftover["__key__"]) < batch_size:
-                continue
-            yield leftover
-        full = at + (n - at) // batch_size * batch_size
-        for i in range(at, full, batch_size):
-            yield {k: v.slice(i, batch_size) for k, v in block.items()}
-        leftover = {k: v.slice(full) for k, v in block.items()} if full < n else None
-    if leftover is not None and len(leftover["__key__"]):
-        yield leftover
 
 
 class EpochStream(IterableDataset):
-    """One rank's batches for the current epoch; each DataLoader worker runs its share."""
+    """One rank's batches for the current epoch; each DataLoader worker makes its share of the items."""
 
     def __init__(self, shards: ShardSet, task: Task, *, batch_size: int, drop_last: bool, pad: bool,
-                 shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int, epoch,
+                 shuffle: bool, shuffle_buffer: int | None, rank: int, world_size: int,
                  on_error: str = "raise", storage_options: dict | None = None, arena=None, group: int = 1):
         self.shards, self.task = shards, task
         self.arena = arena  # shared slots the workers make batches in (handover.py), or None
-        self.group = group  # batches handed over together
+        self.group = group  # batches made and handed over together
         self.batch_size, self.drop_last, self.pad = batch_size, drop_last, pad
         self.shuffle = shuffle
-        # Rows read and shuffled together: whole segments when they are small (barcodes,
-        # records), a bounded block when they hold images.
+        # The shuffle window: whole shard segments when samples are small (barcodes,
+        # records), a bounded block of a shard when they hold images.
         self.block_rows = shuffle_buffer or (DEFAULT_IMAGE_BLOCK if "image" in task.modalities else None)
         self.rank, self.world_size = rank, world_size
-        self._epoch = epoch  # shared with the workers, so set_epoch reaches persistent ones
         self.on_error = on_error
         self.open_url = functools.partial(storage.open_read, storage_options=storage_options)
+        self.identity = plan_identity(shards, task.name, task.seed, shuffle, self.block_rows, pad, drop_last)
+        self.control = _Control()
 
     def __len__(self) -> int:
-        return dist_plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size, self.drop_last)
+        return plan.batches_per_rank(self.shards.total, self.world_size, self.batch_size, self.drop_last)
 
-    def plan(self, epoch: int, worker: int, num_workers: int) -> list[dist_plan.Segment]:
-        """The shard segments this rank's ``worker`` reads in ``epoch``."""
-        order = dist_plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle)
-        start, stop = dist_plan.rank_range(self.shards.total, self.rank, self.world_size)
-        lo, hi = dist_plan.worker_range(start, stop, self.batch_size, worker, num_workers, self.drop_last)
-        return dist_plan.segments(self.shards.counts, order, lo, hi)
+    def stream(self, epoch: int, phases: list):
+        """This rank's canonical stream of ``epoch`` (after the interrupted ``phases`` of a resumed run)."""
+        return plan.rank_stream(self.shards.counts, self.task.seed, epoch, self.block_rows, self.shuffle,
+                                self.drop_last, phases, self.rank, self.world_size)
 
-    def good_block(self, epoch: int) -> dict:
-        """The first block of good samples in the epoch's shard order: stand-ins for a worker whose samples were all bad.
+    def good_block(self, epoch: int, copies: storage.LocalCopies, n: int) -> dict:
+        """Up to ``n`` good samples of the first readable shard in the epoch's order.
 
-        The same block on every rank and worker (deterministic); errors met on
-        the way are not this worker's to report. Raises only when no sample of
-        the split can be read, on every rank alike.
+        Stand-ins for an item whose samples were all bad: the same rows on every
+        rank and worker (deterministic); errors met on the way are not this
+        item's to report. Raises only when no sample of the split can be read,
+        on every rank alike.
         """
-        order = dist_plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle)
         quiet = ErrorPolicy("skip")
-        segs = dist_plan.segments(self.shards.counts, order, 0, self.shards.total)
-        blocks = read_blocks(segs, self.shards, self.task.members, quiet, max_rows=DEFAULT_IMAGE_BLOCK,
-                             max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url, mark_padding=not self.pad)
-        for block in add_record_columns(blocks, self.task, self.shards.urls, quiet):
-            return block
+        for shard in plan.shard_order(len(self.shards.urls), self.task.seed, epoch, self.shuffle):
+            rows = np.arange(min(self.shards.counts[shard], n))
+            block, _ = read_rows(self.shards, int(shard), rows, self.task.members, quiet, copies)
+            block = record_columns(block, self.task, self.shards.urls, quiet)
+            if len(block["__key__"]):
+                return block
         first = quiet.pending[0][1] if quiet.pending else "no samples"
         raise BioscanError(f"no sample of the split at {storage.dirname(self.shards.urls[0])} could be read "
                            f"({len(self.shards.urls)} shard(s); the first error: {first})")
@@ -288,22 +244,15 @@ class EpochStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        epoch = int(self._epoch.value)
+        epoch, phases, start = self.control.get()
         task, urls = self.task, self.shards.urls
-        segments = self.plan(epoch, worker, num_workers)
-        expected = sum(seg.stop - seg.start for seg in segments)
+        stream = self.stream(epoch, phases)
         errors = ErrorPolicy(self.on_error)
-        rng = np.random.default_rng([task.seed, epoch, self.rank, worker]) if self.shuffle else None
-        # Batch-level stages: columns in, one batch out per slice of rows.
+        copies = storage.LocalCopies(self.open_url)
         stages = [
-            lambda: iter(segments),
-            lambda segs: read_blocks(segs, self.shards, task.members, errors, max_rows=self.block_rows,
-                                     max_bytes=DEFAULT_BLOCK_BYTES, open_url=self.open_url,
-                                     mark_padding=not self.pad),
-            lambda blocks: add_record_columns(blocks, task, urls, errors),
-            lambda blocks: refill_blocks(blocks, expected, functools.partial(self.good_block, epoch)),
-            lambda blocks: block_batches(blocks, self.batch_size, rng),
-            lambda batches: group_batches(batches, self.group),
+            lambda: plan.items(stream, self.batch_size, self.drop_last, self.group, start, worker, num_workers),
+            lambda items: read_items(items, self.shards, task, errors, copies, mark_padding=not self.pad),
+            lambda items: refill_items(items, functools.partial(self.good_block, epoch, copies), not self.pad),
             lambda groups: collate_groups(groups, task, epoch, urls, errors),
             lambda groups: handover.in_slots(groups, self.arena, worker),
             lambda groups: _report(groups, errors),
@@ -311,19 +260,30 @@ class EpochStream(IterableDataset):
         return iter(wds.DataPipeline(*stages))
 
 
-def group_batches(batches, group: int):
-    """Consecutive batches joined ``group`` at a time (columns chunked, no copy), with their sizes in ``_sizes``.
+class _Control:
+    """What the main process tells the workers as an iteration starts: the epoch, and where it starts.
 
-    A group is collated with one tokenizer call and handed over as one item;
-    :func:`split_group` cuts it back into the same batches in the main process.
+    Shared memory, written before the DataLoader starts (or wakes persistent)
+    workers on an iteration, so that ``set_epoch`` and ``load_state_dict`` reach
+    workers started before them.
     """
-    while True:
-        parts = list(itertools.islice(batches, group))
-        if not parts:
-            return
-        joined = {k: pa.chunked_array([p[k] for p in parts]) for k in parts[0]}
-        joined["_sizes"] = [len(p["__key__"]) for p in parts]
-        yield joined
+
+    SIZE = 1 << 18
+
+    def __init__(self):
+        self._buf = multiprocessing.get_context().RawArray("c", self.SIZE)
+        self.set(0, [], 0)
+
+    def set(self, epoch: int, phases: list, start: int) -> None:
+        data = json.dumps([epoch, [[p.world_size, p.batch_size, list(p.batches)] for p in phases], start]).encode()
+        if len(data) >= self.SIZE:
+            raise BioscanError(f"loader state too large to hand to the workers ({len(data)} bytes, {len(phases)} "
+                               "interrupted phases); resume at an epoch boundary")
+        self._buf[:len(data) + 1] = data + b"\0"
+
+    def get(self) -> tuple[int, list, int]:
+        epoch, phases, start = json.loads(self._buf.value)
+        return epoch, [plan.Phase(w, b, tuple(c)) for w, b, c in phases], start
 
 
 def collate_groups(groups, task: Task, epoch: int, urls: list[str], errors: ErrorPolicy):
@@ -358,27 +318,47 @@ def _report(groups, errors: ErrorPolicy):
 
 
 class BioscanLoader:
-    """A DataLoader over an :class:`EpochStream`, with exact ``len`` and ``set_epoch``."""
+    """A DataLoader over an :class:`EpochStream`, with exact ``len``, ``set_epoch`` and a resumable state.
 
-    def __init__(self, dataset: EpochStream, dataloader: DataLoader, epoch):
-        self.dataset, self.dataloader, self._epoch = dataset, dataloader, epoch
+    ``state_dict()`` / ``load_state_dict()`` follow torchdata's StatefulDataLoader
+    (:mod:`bioscan_io.resume` describes the state).
+    """
+
+    def __init__(self, dataset: EpochStream, dataloader: DataLoader, epoch: int):
+        self.dataset, self.dataloader = dataset, dataloader
         self.arena = dataset.arena
+        self._epoch = int(epoch)
+        self._phases: list = []  # the epoch's interrupted phases before the current one
+        self._start = 0  # the batch of the current phase the next iteration starts at
+        self._resume = False  # the next iteration continues a loaded state
+        self._yielded = 0  # batches of the current phase yielded (with those of a loaded state)
         #: ``(samples lost, message)`` for each bad sample or shard skipped this epoch.
         self.errors: list[tuple[int, str]] = []
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch.value)
+        return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: its shard order, shuffle, masks and augmentation."""
-        self._epoch.value = int(epoch)
+        """Select the epoch: its shard order, shuffle, masks and augmentation.
+
+        Setting the epoch a loaded state is in keeps its position (a trainer
+        sets the epoch at the top of its loop, also the one it resumes).
+        """
+        if int(epoch) != self._epoch:
+            self._epoch = int(epoch)
+            self._phases, self._start, self._yielded, self._resume = [], 0, 0, False
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self):
         self.errors = []
+        if not self._resume:  # a fresh pass over the epoch
+            self._phases, self._start = [], 0
+        self._resume = False
+        self._yielded = self._start
+        self.dataset.control.set(self._epoch, self._phases, self._start)
         arena = self.arena
         if arena is not None:
             arena.new_iteration()
@@ -388,7 +368,9 @@ class BioscanLoader:
             skipped = group.pop("_skipped", None)
             if skipped:
                 self.errors.extend(skipped)
-            yield from split_group(group)
+            for batch in split_group(group):
+                self._yielded += 1
+                yield batch
         if self.errors:
             log.warning("epoch %d: skipped %d bad sample(s): %s", self.epoch, self.skipped,
                         "; ".join(msg for _, msg in self.errors[:5]) + (" ..." if len(self.errors) > 5 else ""))
@@ -397,6 +379,35 @@ class BioscanLoader:
     def skipped(self) -> int:
         """Samples skipped so far in the current (or last) epoch, with ``on_error="skip"``."""
         return sum(n for n, _ in self.errors)
+
+    def state_dict(self) -> dict:
+        """Where this rank stands: the epoch, the batches yielded, and the plan they belong to (JSON-able).
+
+        Take it between batches (after the step on the last batch yielded): a
+        loader given it by :meth:`load_state_dict` yields the next batch.
+        """
+        ds = self.dataset
+        return make_state(ds.identity, self._epoch, ds.rank, self._phases, self._yielded, ds.world_size,
+                          ds.batch_size)
+
+    def load_state_dict(self, state) -> None:
+        """Continue from ``state`` (a :meth:`state_dict`, or the list of every rank's, merged).
+
+        The next iteration starts at the batch after the last one the state's run
+        yielded: the same batches, bit for bit, when world size and batch size
+        are the state's; otherwise (elastic) what the interrupted ranks had not
+        yet yielded, cut again over this run's ranks, with equal batch counts.
+        Skipped batches are not read (a seek). A state of other shards, plan
+        settings or version raises a one-line ``BioscanError`` saying what differs.
+        """
+        ds = self.dataset
+        epoch, phases = read_state(state, ds.identity)
+        last = phases[-1]
+        if (last.world_size, last.batch_size) == (ds.world_size, ds.batch_size):
+            self._phases, self._start = phases[:-1], last.batches[ds.rank]
+        else:
+            self._phases, self._start = phases, 0
+        self._epoch, self._yielded, self._resume = epoch, self._start, True
 
 
 def make_loader(
@@ -526,7 +537,7 @@ def make_loader(
     pad = spec.pad if pad is None else pad
     shuffle = train if shuffle is None else shuffle
     if rank is None or world_size is None:
-        rank, world_size = dist_plan.world_info()
+        rank, world_size = distributed.world_info()
     if not 0 <= rank < world_size:
         raise BioscanError(f"rank {rank} is outside world size {world_size}")
     bound = Task(
@@ -535,7 +546,6 @@ def make_loader(
         images=ImageConfig(image_size, resize, image_dtype, hflip, vflip), label_rank=label_rank,
         labels=shards.labels,
     )
-    shared_epoch = multiprocessing.get_context().RawValue("q", int(epoch))
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     nbytes = bound.batch_nbytes(batch_size)
     # Decoding images dwarfs a hand-over; grouping them would only delay the first batch.
@@ -549,11 +559,11 @@ def make_loader(
             arena = handover.SlotArena.fitting(num_workers, slots, group * nbytes)
     dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad,
                           shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
-                          world_size=world_size, epoch=shared_epoch, on_error=on_error,
+                          world_size=world_size, on_error=on_error,
                           storage_options=storage_options, arena=arena, group=group)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                         pin_memory=pin_memory, **kwargs)
-    return BioscanLoader(dataset, loader, shared_epoch)
+    return BioscanLoader(dataset, loader, epoch)
 
 
 def _as_is(batch: dict) -> dict:

@@ -9,8 +9,9 @@
   ``key``, ``secret``, ``anon``...). fsspec and the scheme's package (s3fs, gcsfs)
   are the optional extra ``bioscan-io[remote]``.
 
-Reading: the loader copies a remote shard to a temporary file (:func:`spool`) and
-walks it with the compiled reader, as a local one.
+Reading: the loader copies a remote shard to a temporary file (:func:`spool`,
+kept while a worker reads it: :class:`LocalCopies`) and reads it with the
+compiled reader, as a local one.
 
 Writing: :func:`publish` uploads the files of a split folder sharded locally
 (staging) to an fsspec URL or through a ``pipe:`` command per file, in the
@@ -27,12 +28,13 @@ import posixpath
 import shlex
 import subprocess
 import tempfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
 from .schema import BioscanError
 
-__all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "read_text", "staging_folder",
+__all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "LocalCopies", "read_text", "staging_folder",
            "publish"]
 
 _EXTRA_HINT = "pip install 'bioscan-io[remote]'"
@@ -112,6 +114,35 @@ def spool(url: str, open_url=open_read, chunk: int = 8 << 20):
                 raise BioscanError(f"reading shard {url} failed: {exc}") from None
         tmp.flush()
         yield tmp.name
+
+
+class LocalCopies:
+    """Local paths for shard URLs: remote ones spooled once and kept (the last ``keep``) until :meth:`close`.
+
+    A worker reads a shard's rows item by item; without the copies kept, a
+    remote shard would be fetched again for every item.
+    """
+
+    def __init__(self, open_url=open_read, keep: int = 4):
+        self.open_url, self.keep = open_url, keep
+        self._held: OrderedDict = OrderedDict()
+
+    def path(self, url: str) -> str:
+        """A local path for ``url`` (the file itself when it is local)."""
+        if not is_url(url):
+            return local_path(url)
+        if url not in self._held:
+            copy = spool(url, self.open_url)
+            self._held[url] = (copy.__enter__(), copy)
+            while len(self._held) > self.keep:
+                self._held.popitem(last=False)[1][1].__exit__(None, None, None)
+        self._held.move_to_end(url)
+        return self._held[url][0]
+
+    def close(self) -> None:
+        """Remove every copy held."""
+        while self._held:
+            self._held.popitem()[1][1].__exit__(None, None, None)
 
 
 def read_text(url: str, storage_options: dict | None = None) -> str | None:

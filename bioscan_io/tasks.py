@@ -209,7 +209,7 @@ class Task:
                 stand_ins = len(index) - len(set(index))
         if "__valid__" in block:  # pad=False: padding rows (and stand-ins) are marked, not dropped
             valid = handover.empty_array((len(batch["processid"]),), np.bool_)
-            valid[:] = block["__valid__"].to_numpy()
+            valid[:] = block["__valid__"].to_numpy(zero_copy_only=False)
             if stand_ins:
                 valid[len(valid) - stand_ins:] = False
             batch["valid"] = torch.from_numpy(valid)

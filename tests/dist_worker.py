@@ -25,6 +25,8 @@ def main(urls: str, out: str, task: str, num_workers: int, batch_size: int, epoc
         return gather_embeddings(urls, out, num_workers, batch_size)
     if task == "embed-extract":
         return extract(urls, out, num_workers, batch_size)
+    if task.startswith("resume-"):
+        return resume(urls, out, task, num_workers, batch_size)
     task, _, policy = task.partition(":")  # "mlm:skip": on_error="skip"
     loader = make_loader(urls, task, batch_size=batch_size, num_workers=num_workers, seed=3,
                          on_error=policy or "raise")
@@ -73,6 +75,33 @@ def extract(urls: str, out: str, num_workers: int, batch_size: int) -> None:
     result = {"rank": dist.get_rank(), "gathered": list(emb.processids), "rows": int(emb.features.shape[0]),
               "species": emb.labels["species"].tolist()}
     with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def resume(urls: str, out: str, task: str, num_workers: int, batch_size: int) -> None:
+    """``resume-save``: half an epoch, then every rank saves its state; ``resume-load``: the rest, from rank 0's."""
+    loader = make_loader(urls, "mlm", batch_size=batch_size, num_workers=num_workers, seed=3)
+    rank = dist.get_rank()
+    limit = len(loader) // 2 if task == "resume-save" else None
+    if task == "resume-load":
+        with open(os.path.join(out, "state0.json")) as f:
+            loader.load_state_dict(json.load(f))
+    pids, labels, batches = [], [], 0
+    for batch in loader:
+        step = torch.ones(1)
+        dist.all_reduce(step)
+        pids.extend(batch["processid"])
+        labels.extend(batch["labels"].tolist())
+        batches += 1
+        if batches == limit:
+            break
+    if task == "resume-save":
+        with open(os.path.join(out, f"state{rank}.json"), "w") as f:
+            json.dump(loader.state_dict(), f)
+    result = {"rank": rank, "len": len(loader), "batches": batches, "pids": pids, "labels": labels}
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()

@@ -218,7 +218,7 @@ def _damage(split: Path) -> int:
 
 def _padding_in(split: Path, seed: int, world: int, damaged: set, epoch: int = 0) -> int:
     """Padding positions of the epoch (repeats from the stream's start) that fall in ``damaged`` shards."""
-    from bioscan_io import distributed as plan
+    from bioscan_io import plan
 
     entries = read_manifest(split)["shards"]
     counts = [e["count"] for e in entries]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioscan_io.distributed import Segment
-from bioscan_io.format import TarReader, local_blocks, read_manifest
-from bioscan_io.loader import ErrorPolicy, read_blocks
+from bioscan_io.format import TarReader, read_manifest, take_local
+from bioscan_io.loader import ErrorPolicy, ShardSet, read_rows
+from bioscan_io.storage import LocalCopies
 from bioscan_io.metadata import read_metadata
 from bioscan_io.schema import METADATA_CSV, METADATA_JSONLD, BioscanError
 from bioscan_io.shard import shard_split
@@ -62,12 +62,13 @@ def test_tar_readers_survive_mutated_shards(small_shard, tmp_path):
     errors = ErrorPolicy("skip")
     for data in mutations(small_shard, rng, N):
         path.write_bytes(data)
-        block, missing, error = next(local_blocks(str(path), 0, 6, ("dna",)))
-        assert len(block["dna"]) + len(missing) <= 6
+        block, kept, missing, error = take_local(str(path), np.arange(6), ("dna",))
+        assert len(block["dna"]) == len(kept) and len(kept) + len(missing) <= 6
         assert error is None or "fuzz.tar" in str(error)
-        blocks = list(read_blocks([Segment(0, 0, 6)], [str(path)], ("dna", "json"), errors, max_rows=4))
+        rows = rng.permutation(6)
+        block, kept = read_rows(ShardSet([str(path)], [6]), 0, rows, ("dna", "json"), errors, LocalCopies())
         lost = sum(n for n, _ in errors.drain())
-        assert sum(len(b["__key__"]) for b in blocks) + lost == 6  # every sample delivered or counted
+        assert len(block["__key__"]) == len(kept) and len(kept) + lost == 6  # every sample delivered or counted
         reader = TarReader(str(path))
         samples = list(reader.samples(0, 6, frozenset(["dna", "json"])))
         assert len(samples) <= 6

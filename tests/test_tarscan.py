@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from bioscan_io.distributed import Segment
-from bioscan_io.format import block_bounds, local_blocks, read_manifest, scan
-from bioscan_io.loader import ErrorPolicy, read_blocks
+from bioscan_io.format import read_manifest, scan, take_local
+from bioscan_io.loader import ErrorPolicy, ShardSet, read_rows
+from bioscan_io.storage import LocalCopies
 from bioscan_io.schema import BioscanError
 from bioscan_io.shard import shard_split
 
@@ -27,7 +27,8 @@ def shard(dataset_small, tmp_path_factory) -> Path:
 
 def read_column(path: str, start: int, stop: int, ext: str):
     """``(block, keys missing the member, error)``: one member of samples ``start <= i < stop``, in one block."""
-    block, missing, error = next(local_blocks(path, start, stop, (ext,)))
+    block, kept, missing, error = take_local(path, np.arange(start, stop), (ext,))
+    assert len(kept) == len(block["__key__"])
     return block, [key for key, _ in missing], error
 
 
@@ -64,7 +65,7 @@ def test_pax_headers_fall_back_to_the_python_reader(tmp_path):
     path = tmp_path / "pax.tar"
     _pax_shard(path, 5)
     assert scan(str(path), 0, 5, ("dna",)) is None
-    (block,) = read_blocks([Segment(0, 1, 4)], [str(path)], ("dna",), ErrorPolicy("raise"))
+    block, _ = rows_of(path, [1, 2, 3], ("dna",), ErrorPolicy("raise"))
     want = stock(path)[1:4]
     assert block["__key__"].to_pylist() == [s["__key__"] for s in want]
     assert block["dna"].to_pylist() == [s["dna"] for s in want]
@@ -106,7 +107,7 @@ def test_sample_without_the_member(tmp_path):
     block, missing, _ = read_column(str(path), 0, 3, "dna")
     assert missing == ["b"] and block["__key__"].to_pylist() == ["a", "c"]
     with pytest.raises(BioscanError, match="sample b has no .dna member"):
-        list(read_blocks([Segment(0, 0, 3)], [str(path)], ("dna",), ErrorPolicy("raise")))
+        rows_of(path, [0, 1, 2], ("dna",), ErrorPolicy("raise"))
 
 
 def _pax_or(shard: Path, tmp_path: Path, pax: bool) -> Path:
@@ -118,35 +119,33 @@ def _pax_or(shard: Path, tmp_path: Path, pax: bool) -> Path:
     return path
 
 
-@pytest.mark.parametrize("pax", [False, True])
-def test_blocks_are_bounded_and_complete(shard, tmp_path, pax):
-    """A segment is read in blocks of at most ``max_rows`` samples, together exactly the segment."""
-    path = _pax_or(shard, tmp_path, pax)
-    want = stock(path)[2:21]
-    blocks = list(read_blocks([Segment(0, 2, 21)], [str(path)], ("dna", "json"), ErrorPolicy("raise"), max_rows=4))
-    assert [len(b["__key__"]) for b in blocks] == [4, 4, 4, 4, 3]
-    assert [k for b in blocks for k in b["__key__"].to_pylist()] == [s["__key__"] for s in want]
-    assert [d for b in blocks for d in b["json"].to_pylist()] == [s["json"] for s in want]
-    assert all(b["__shard__"].to_pylist() == [0] * len(b["__key__"]) for b in blocks)
-
-
-def test_block_bounds_respect_rows_and_bytes():
-
-    sizes = np.array([5, 5, 50, 5, 5, 5, 100, 1])
-    assert block_bounds(sizes, None, None) == [(0, 8)]
-    assert block_bounds(sizes, 3, None) == [(0, 3), (3, 6), (6, 8)]
-    # At most 20 bytes a block, but never an empty block: a larger sample stands alone.
-    assert block_bounds(sizes, None, 20) == [(0, 2), (2, 3), (3, 6), (6, 7), (7, 8)]
-    assert block_bounds(sizes, 2, 20) == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 7), (7, 8)]
-    assert block_bounds(np.zeros(0, np.int64), 4, 20) == [(0, 0)]
+def rows_of(path: Path, rows, exts, errors: ErrorPolicy):
+    """The loader's read of ``rows`` of one shard (no index): ``(block, kept)``."""
+    shards = ShardSet([str(path)], [len(rows)])
+    copies = LocalCopies()
+    try:
+        return read_rows(shards, 0, np.asarray(rows), exts, errors, copies)
+    finally:
+        copies.close()
 
 
 @pytest.mark.parametrize("pax", [False, True])
-def test_blocks_are_bounded_in_bytes(shard, tmp_path, pax):
+def test_rows_in_any_order_with_repeats(shard, tmp_path, pax):
+    """Rows are read in the order asked, repeats included, from one walk over their range."""
     path = _pax_or(shard, tmp_path, pax)
-    want = stock(path)[:20]
-    limit = 3 * max(len(s["dna"]) for s in want)
-    blocks = list(read_blocks([Segment(0, 0, 20)], [str(path)], ("dna",), ErrorPolicy("raise"), max_bytes=limit))
-    assert len(blocks) > 1
-    assert all(sum(len(d) for d in b["dna"].to_pylist()) <= limit for b in blocks)
-    assert [k for b in blocks for k in b["__key__"].to_pylist()] == [s["__key__"] for s in want]
+    want = stock(path)
+    rows = np.array([7, 2, 19, 2, 11, 3, 20, 2])
+    block, kept = rows_of(path, rows, ("dna", "json"), ErrorPolicy("raise"))
+    assert kept.tolist() == list(range(len(rows)))
+    assert block["__key__"].to_pylist() == [want[r]["__key__"] for r in rows]
+    assert block["json"].to_pylist() == [want[r]["json"] for r in rows]
+    assert block["__shard__"].to_pylist() == [0] * len(rows)
+
+
+def test_rows_past_the_end_are_lost_to_the_error(shard):
+    n = len(stock(shard))
+    errors = ErrorPolicy("skip")
+    block, kept = rows_of(shard, [n + 3, 0, n, 5], ("dna",), errors)
+    assert kept.tolist() == [1, 3] and len(block["dna"]) == 2
+    (lost, message), = errors.drain()
+    assert lost == 2 and f"ends after sample {n}" in message

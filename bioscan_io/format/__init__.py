@@ -16,7 +16,7 @@ manifest.py    file names, format version, manifest and labels: read, check, wri
 members.py     the member registry (what each holds, how it is written), the
                key/extension rule, the ``.json`` record parser
 index.py       the per-shard index (Arrow IPC): build, write, open, check, rebuild from a shard
-scan.py        the compiled header walk over a memory-mapped shard, read in blocks
+scan.py        the compiled header walk over a memory-mapped shard; samples read by row, from it or the index
 tar.py         the tar writer, and the one Python reader (pax shards, ``verify``)
 =============  ==============================================================
 """
@@ -27,7 +27,7 @@ from .manifest import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MISSING_REPORT,
                        is_count, labels_path, listed_shards, manifest_problems, parse_manifest, publish_order,
                        read_labels, read_manifest, shard_entries, split_folder_of, write_json)
 from .members import MEMBERS, Member, parse_records, sample_payloads, split_member_name
-from .scan import ShardError, ShortShard, block_bounds, indexed_blocks, local_blocks, read_members, scan
+from .scan import ShardError, ShortShard, read_members, scan, take_indexed, take_local
 from .tar import TAR_MTIME, Sample, TarFault, TarReader, TarSink, end_of_archive_fault
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     # members.py
     "MEMBERS", "Member", "parse_records", "sample_payloads", "split_member_name",
     # scan.py
-    "ShardError", "ShortShard", "block_bounds", "indexed_blocks", "local_blocks", "read_members", "scan",
+    "ShardError", "ShortShard", "read_members", "scan", "take_indexed", "take_local",
     # tar.py
     "TAR_MTIME", "Sample", "TarFault", "TarReader", "TarSink", "end_of_archive_fault",
 ]

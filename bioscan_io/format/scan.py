@@ -5,7 +5,7 @@ memory-mapped shard and jumps over the payloads not asked for, so reading the
 barcodes of a shard that also holds images costs a few header reads per sample
 and no Python object per sample. Shards it cannot walk (pax or GNU long-name
 headers) are read by :class:`~bioscan_io.format.tar.TarReader`; both give the
-same blocks, through :func:`local_blocks`.
+same columns, through :func:`take_local` and :func:`read_members`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "or `python setup.py build_ext --inplace` in the source tree"
     ) from exc
 
-__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "local_blocks", "indexed_blocks", "block_bounds",
-           "read_members"]
+__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "take_local", "take_indexed", "read_members"]
 
 # A plain shared map: the walk faults in only the pages holding headers and the
 # wanted payloads. MAP_POPULATE measured no faster on warm page cache, and on a
@@ -83,13 +82,19 @@ class ShardScan:
         with ``keys`` (empty where absent); ``present[ext]``: bool array.
         """
         hi = self.n if hi is None else hi
-        if self._buf is None or hi <= lo:
+        return self.take(slice(lo, hi)) if hi > lo else _empty(self._rows)
+
+    def take(self, index) -> tuple:
+        """:meth:`gather` of the recorded samples ``index`` selects (a slice or an array of positions)."""
+        if self._buf is None:
             return _empty(self._rows)
         values, present, rows = {}, {}, None
         for ext, all_rows in self._rows.items():
-            rows = all_rows[lo:hi]
+            rows = all_rows[index]
             present[ext] = rows[:, 2] >= 0
             values[ext] = _column(self._buf, rows[:, 2], rows[:, 3], pa.large_binary())
+        if rows is None or not len(rows):
+            return _empty(self._rows)
         return _column(self._buf, rows[:, 0], rows[:, 1], pa.large_string()), values, present
 
     def spans(self) -> dict:
@@ -183,35 +188,59 @@ def _fault(buf: np.ndarray, name: str, status: int, offset: int) -> ShardError:
     return ShardError(f"shard {name}: {detail}", detail)
 
 
-def block_bounds(sizes: np.ndarray, max_rows: int | None, max_bytes: int | None) -> list[tuple[int, int]]:
-    """``(lo, hi)`` row ranges of at most ``max_rows`` rows and ``max_bytes`` (at least one row each)."""
-    n = len(sizes)
-    ends = np.cumsum(sizes)
-    bounds, lo = [], 0
-    while lo < n:
-        hi = n if max_rows is None else min(n, lo + max_rows)
-        if max_bytes is not None:
-            before = ends[lo - 1] if lo else 0
-            hi = max(lo + 1, min(hi, int(np.searchsorted(ends, before + max_bytes, side="right"))))
-        bounds.append((lo, hi))
-        lo = hi
-    return bounds or [(0, 0)]
+def take_local(path: str, rows, exts, name: str | None = None) -> tuple:
+    """The members ``exts`` of the samples at ``rows`` (positions in the shard) of a local shard.
 
+    ``rows`` may come in any order and repeat; one header walk covers them.
 
-def local_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None = None,
-                 max_bytes: int | None = None, name: str | None = None):
-    """``(block, missing, error)`` per block of samples ``start <= i < stop`` of a local shard.
-
-    ``block`` is ``{"__key__": keys, ext: payloads...}`` for the samples that have
-    every member in ``exts``; ``missing`` lists ``(key, ext)`` for the others;
-    ``error`` (only with the last block) is the fault that ended the read early,
-    the samples before it being good. A block holds at most ``max_rows`` samples
-    and ``max_bytes`` of payload (None: no bound; at least one sample).
+    Returns
+    -------
+    (block, kept, missing, error)
+        ``block``: ``{"__key__": keys, ext: payloads...}`` of the rows that have
+        every member, in the order asked; ``kept``: their indices into ``rows``;
+        ``missing``: ``(key, ext)`` for each row whose sample lacks a member;
+        ``error``: the fault (or a shard shorter than asked, :class:`ShortShard`)
+        that made the remaining rows unreadable, or None.
     """
-    for keys, values, present, error in _raw_blocks(path, start, stop, tuple(exts), (max_rows, max_bytes), name):
-        # A fault can cut the last sample walked short: it is lost, not "missing".
-        checked = len(keys) - (error is not None and not isinstance(error, ShortShard))
-        yield (*_complete_rows(keys, values, present, checked), error)
+    rows = np.asarray(rows, np.int64)
+    exts = tuple(exts)
+    if not len(rows):
+        return _block(*_empty(exts)), np.zeros(0, np.int64), [], None
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    found = scan(path, lo, hi, exts, name=name)
+    if found is None:  # headers the walk does not read
+        keys, values, present, error = _python_read(path, lo, hi, exts, name or path)
+        walked, pick = len(keys), lambda index: _take_columns(keys, values, present, index)
+    else:
+        walked, error, pick = found.n, found.error, found.take
+    try:
+        at = rows - lo
+        readable = np.flatnonzero(at < walked)
+        keys, values, present = pick(at[readable])
+    finally:
+        if found is not None:
+            found.close()
+    have = np.logical_and.reduce([present[ext] for ext in exts]) if exts else np.ones(len(readable), bool)
+    # A fault can cut the last sample walked short: it is lost to the fault, not "missing".
+    checked = walked - (error is not None and not isinstance(error, ShortShard))
+    missing = []
+    if not have.all():
+        pids = keys.to_pylist()
+        missing = [(pids[i], next(ext for ext in exts if not present[ext][i]))
+                   for i in np.flatnonzero(~have) if at[readable[i]] < checked]
+        mask = pa.array(have)
+        keys, values = keys.filter(mask), {ext: v.filter(mask) for ext, v in values.items()}
+    return _block(keys, values), readable[have], missing, error
+
+
+def _block(keys, values: dict, *_) -> dict:
+    return {"__key__": keys, **values}
+
+
+def _take_columns(keys, values: dict, present: dict, index: np.ndarray) -> tuple:
+    take = pa.array(index, pa.int64())
+    return keys.take(take), {ext: v.take(take) for ext, v in values.items()}, \
+        {ext: p[index] for ext, p in present.items()}
 
 
 def read_members(path: str, start: int, stop: int, exts, name: str | None = None) -> tuple:
@@ -223,103 +252,66 @@ def read_members(path: str, start: int, stop: int, exts, name: str | None = None
         As :meth:`ShardScan.gather` plus the fault that ended the read early
         (a :class:`ShortShard` when the shard merely holds fewer samples).
     """
-    blocks = list(_raw_blocks(path, start, stop, tuple(exts), (None, None), name))
-    return blocks[0] if blocks else (*_empty(exts), None)
-
-
-def _raw_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str | None):
-    """``(keys, values, present, error)`` per block, every sample walked kept; ``error`` with the last only."""
+    exts = tuple(exts)
+    if stop <= start:
+        return (*_empty(exts), None)
     found = scan(path, start, stop, exts, name=name)
-    if found is None:  # headers the walk does not read
-        yield from _tarfile_blocks(path, start, stop, exts, limits, name or path)
-        return
+    if found is None:
+        return _python_read(path, start, stop, exts, name or path)
     with found:
-        for lo, hi in block_bounds(found.sizes(), *limits):
-            yield (*found.gather(lo, hi), found.error if hi == found.n else None)
+        return (*found.gather(), found.error)
 
 
-def _complete_rows(keys, values: dict, present: dict, checked: int):
-    """Keep the samples that have every member; name the missing ones among the first ``checked``."""
-    have = np.logical_and.reduce([present[ext] for ext in values])
-    if have.all():
-        return {"__key__": keys, **values}, []
-    pids = keys.to_pylist()
-    missing = [(pids[i], next(ext for ext in values if not present[ext][i]))
-               for i in np.flatnonzero(~have[:max(checked, 0)])]
-    mask = pa.array(have)
-    return {"__key__": keys.filter(mask), **{ext: v.filter(mask) for ext, v in values.items()}}, missing
-
-
-def _tarfile_blocks(path: str, start: int, stop: int, exts: tuple[str, ...], limits: tuple, name: str):
-    """:func:`_raw_blocks` through :class:`~bioscan_io.format.tar.TarReader` (pax headers)."""
+def _python_read(path: str, start: int, stop: int, exts: tuple[str, ...], name: str) -> tuple:
+    """:func:`read_members` through :class:`~bioscan_io.format.tar.TarReader` (pax headers)."""
     from .tar import TarReader
 
-    max_rows, max_bytes = limits
-    samples, held, got = [], 0, 0
-
-    def block(error=None):
-        keys = pa.array([s["__key__"] for s in samples], pa.large_string())
-        values = {ext: pa.array([s.get(ext) for s in samples], pa.large_binary()) for ext in exts}
-        present = {ext: np.array([ext in s for s in samples], bool) for ext in exts}
-        return keys, values, present, error
-
     reader = TarReader(path, name=name)
-    for sample in reader.samples(start, stop, frozenset(exts)):
-        sample = sample.as_dict()
-        size = sum(len(sample[ext]) for ext in exts if ext in sample)
-        if samples and max_bytes is not None and held + size > max_bytes:
-            yield block()
-            samples, held = [], 0
-        samples.append(sample)
-        held, got = held + size, got + 1
-        if max_rows and len(samples) == max_rows:
-            yield block()
-            samples, held = [], 0
+    samples = [sample.as_dict() for sample in reader.samples(start, stop, frozenset(exts))]
     error = reader.error()
-    if error is None and start + got < stop:
-        error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
-    if samples or error is not None:
-        yield block(error)
+    if error is None and start + len(samples) < stop:
+        error = ShortShard(f"shard {name} ends after sample {start + len(samples)}; expected at least {stop} samples")
+    keys = pa.array([s["__key__"] for s in samples], pa.large_string())
+    values = {ext: pa.array([s.get(ext) for s in samples], pa.large_binary()) for ext in exts}
+    present = {ext: np.array([ext in s for s in samples], bool) for ext in exts}
+    return keys, values, present, error
 
 
-def indexed_blocks(index: pa.Table, start: int, stop: int, exts: tuple[str, ...], max_rows: int | None = None,
-                   max_bytes: int | None = None, tar: str | None = None, name: str | None = None):
-    """:func:`local_blocks` of a shard that has an index (``format.index``): no header walk.
+def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str | None = None) -> tuple:
+    """:func:`take_local` of a shard that has an index (``format.index``): no header walk.
 
     The barcodes come from the index's ``dna`` column and the record fields as
-    one ``"record"`` struct column (in place of the ``.json`` bytes), zero-copy
-    from the memory-mapped index; only the images are read from the ``tar``
-    (a local path), at the offsets the index gives, each checked against the
-    tar header before it. A tar that no longer matches its index (other size,
-    a member not where the index says) ends the segment with an error, as a
-    fault of the tar would.
+    one ``"record"`` struct column (in place of the ``.json`` bytes), from the
+    memory-mapped index; only the images are read from the ``tar`` (a local
+    path), at the offsets the index gives, each checked against the tar header
+    before it. A tar that no longer matches its index (other size, a member not
+    where the index says) makes every row asked for unreadable, as a fault of
+    the tar would.
     """
-    name = name or tar
-    rows = index.slice(start, stop - start)
-    sizes = rows.column("jpg_size").to_numpy() if "jpg" in exts else np.zeros(len(rows), np.int64)
-    mm = None
-    try:
-        if "jpg" in exts:
-            mm = _map(tar, name)
-            _check_size(mm, index, name)
-        for lo, hi in block_bounds(sizes, max_rows, max_bytes):
-            part = rows.slice(lo, hi - lo)
-            block = {"__key__": part.column("processid").combine_chunks()}
-            if "dna" in exts:
-                block["dna"] = part.column("dna").combine_chunks()
-            if "json" in exts:
-                from .index import RECORD_FIELDS
+    from .index import RECORD_FIELDS
 
-                block["record"] = pa.StructArray.from_arrays(
-                    [part.column(f).combine_chunks() for f in RECORD_FIELDS], names=list(RECORD_FIELDS))
-            if mm is not None:
+    rows = np.asarray(rows, np.int64)
+    name = name or tar
+    wanted = ["processid"] + ["dna"] * ("dna" in exts) + list(RECORD_FIELDS) * ("json" in exts) \
+        + ["jpg_offset", "jpg_size"] * ("jpg" in exts)
+    part = index.select(wanted).take(pa.array(rows, pa.int64()))
+    block = {"__key__": part.column("processid").combine_chunks()}
+    if "dna" in exts:
+        block["dna"] = part.column("dna").combine_chunks()
+    if "json" in exts:
+        block["record"] = pa.StructArray.from_arrays(
+            [part.column(f).combine_chunks() for f in RECORD_FIELDS], names=list(RECORD_FIELDS))
+    if "jpg" in exts and len(rows):
+        try:
+            mm = _map(tar, name)
+            try:
+                _check_size(mm, index, name)
                 block["jpg"] = _images_at(mm, part, name)
-            yield block, [], None
-    except ShardError as error:
-        yield {"__key__": pa.array([], pa.string())}, [], error
-    finally:
-        if mm is not None:
-            mm.close()
+            finally:
+                mm.close()
+        except ShardError as error:
+            return {"__key__": pa.array([], pa.string())}, np.zeros(0, np.int64), [], error
+    return block, np.arange(len(rows)), [], None
 
 
 def _map(path: str, name: str | None) -> mmap.mmap:
