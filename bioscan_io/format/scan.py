@@ -294,7 +294,11 @@ def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str 
     name = name or tar
     wanted = ["processid"] + ["dna"] * ("dna" in exts) + list(RECORD_FIELDS) * ("json" in exts) \
         + ["jpg_offset", "jpg_size"] * ("jpg" in exts)
-    part = index.select(wanted).take(pa.array(rows, pa.int64()))
+    table = index.select(wanted)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+        part = table.slice(int(rows[0]), len(rows))  # a run in shard order (no shuffle): zero-copy
+    else:
+        part = table.take(pa.array(rows, pa.int64()))
     block = {"__key__": part.column("processid").combine_chunks()}
     if "dna" in exts:
         block["dna"] = part.column("dna").combine_chunks()
