@@ -460,7 +460,8 @@ def make_loader(
     batch_size : int
         Samples per batch (the last batch of a rank may be smaller unless ``drop_last``).
     num_workers : int
-        DataLoader worker processes; the epoch's samples do not depend on it.
+        DataLoader worker processes; the batches (samples, order, masks, crops)
+        do not depend on it, nor on the other DataLoader settings.
     seed, epoch : int
         Select the shard order, shuffle, masks and augmentation; change the epoch
         with :meth:`BioscanLoader.set_epoch` (as with DistributedSampler).
@@ -469,12 +470,13 @@ def make_loader(
     shuffle : bool, optional
         Shuffle shard order and samples (default: ``train``).
     shuffle_buffer : int, optional
-        Samples shuffled together in each worker: shards (pre-shuffled when
-        written) are read in blocks of this many samples, and each block is
-        permuted. Default: whole shard segments for tasks without images (a
-        shard's barcodes and records are small); 1,000 samples with images. A
-        block also stops at 256 MiB of payload (``DEFAULT_BLOCK_BYTES``), which
-        bounds a worker's memory with large images.
+        The shuffle window: each rank's range of the epoch is cut into blocks
+        of this many consecutive samples of one shard (shards are pre-shuffled
+        when written, and visited in a new order each epoch), and each block is
+        permuted. Default: the rank's whole segment of a shard for tasks without
+        images (barcodes and records are small); 1,000 samples with images.
+        Workers read only the rows of the batches they make, so memory does not
+        grow with the window.
     drop_last : bool
         Drop each rank's last partial batch.
     pad : bool, optional
@@ -516,7 +518,8 @@ def make_loader(
     Returns
     -------
     BioscanLoader
-        Iterable of batches with an exact ``len()`` and ``set_epoch()``.
+        Iterable of batches with an exact ``len()``, ``set_epoch()``, and
+        ``state_dict()`` / ``load_state_dict()`` to stop and resume mid-epoch.
     """
     if task not in TASKS:
         raise BioscanError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
@@ -557,9 +560,8 @@ def make_loader(
         if not pin_memory:  # pinned batches are copied by the DataLoader's pin thread instead
             slots = (prefetch_factor or 2) + HANDOVER_SLOTS_HELD
             arena = handover.SlotArena.fitting(num_workers, slots, group * nbytes)
-    dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad,
-                          shuffle=shuffle, shuffle_buffer=shuffle_buffer, rank=rank,
-                          world_size=world_size, on_error=on_error,
+    dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad, shuffle=shuffle,
+                          shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size, on_error=on_error,
                           storage_options=storage_options, arena=arena, group=group)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                         pin_memory=pin_memory, **kwargs)

@@ -5,6 +5,13 @@ Single process:
 Two processes on CPU (gloo), or one per GPU (nccl):
     torchrun --standalone --nproc_per_node=2 examples/train_mlm.py --shards shards/pretrain --steps 20
 
+Checkpoints (model, optimizer and the loader's position) every --save-every steps;
+--resume continues from the last one, mid-epoch, with the very next batch, also
+on another number of processes (the loader re-splits the rest of the epoch):
+    torchrun --standalone --nproc_per_node=2 examples/train_mlm.py --steps 200 --save-every 50
+    (kill it after step 100)
+    torchrun --standalone --nproc_per_node=3 examples/train_mlm.py --steps 200 --save-every 50 --resume
+
 Without --shards it shards the bundled demo data's pretrain split into ./shards first.
 """
 
@@ -40,6 +47,23 @@ class TinyBert(nn.Module):
         return self.head(x)
 
 
+def save_checkpoint(path: str, step: int, model: nn.Module, opt, loader) -> None:
+    """Model, optimizer and loader position, written whole or not at all."""
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict()}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, model: nn.Module, opt, loader) -> int:
+    """Restore what :func:`save_checkpoint` wrote; the step it was taken at."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    loader.load_state_dict(state["loader"])
+    return state["step"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", help="split folder of pretrain shards (default: shard the demo data)")
@@ -48,6 +72,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="checkpoint.pt", help="where checkpoints are written and read")
+    p.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     args = p.parse_args()
 
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
@@ -75,12 +102,17 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
 
-    step, epoch, started = 0, 0, time.perf_counter()
+    step, started = 0, time.perf_counter()
+    if args.resume:
+        step = load_checkpoint(args.checkpoint, model, opt, loader)
+        if rank == 0:
+            print(f"resumed at step {step} (epoch {loader.epoch})")
+    epoch = loader.epoch
     if rank == 0:
         world = dist.get_world_size() if distributed else 1
         print(f"{len(loader)} batches per epoch per rank, {world} rank(s), batch {args.batch_size}")
     while step < args.steps:
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch)  # the epoch a resumed loader is in keeps its position
         for batch in loader:
             ids = batch["input_ids"].to(device, non_blocking=True)
             att = batch["attention_mask"].to(device, non_blocking=True)
@@ -93,6 +125,10 @@ def main() -> None:
             step += 1
             if rank == 0 and (step % 5 == 0 or step == 1):
                 print(f"epoch {epoch} step {step} loss {loss.item():.4f} (chance {math.log(tok.vocab_size):.2f})", flush=True)
+            if args.save_every and step % args.save_every == 0 and rank == 0:
+                # Ranks advance in lockstep (equal batches on every rank): rank 0's loader state is enough.
+                save_checkpoint(args.checkpoint, step, model, opt, loader)
+                print(f"saved {args.checkpoint} at step {step}", flush=True)
             if step >= args.steps:
                 break
         epoch += 1

@@ -289,13 +289,22 @@ def test_embed_marks_padding_valid_false(split_602):
 
 
 def test_example_trains_under_torchrun_on_cpu(shards, tmp_path):
-    """examples/train_mlm.py, as the README runs it, for a few steps on 2 CPU ranks."""
+    """examples/train_mlm.py, as the README runs it: 2 CPU ranks with checkpoints, then resumed on 3."""
     script = HERE.parent / "examples" / "train_mlm.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), "--shards", str(shards / "all"), "--steps", "6", "--batch-size", "16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "step 5 loss" in proc.stdout and "done: 6 steps" in proc.stdout
+
+    def train(nproc: int, *args: str) -> str:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(script), "--shards", str(shards / "all"), "--batch-size", "16", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    out = train(2, "--steps", "6", "--save-every", "3")
+    assert "step 5 loss" in out and "saved checkpoint.pt at step 6" in out and "done: 6 steps" in out
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 6 and saved["loader"]["phases"][-1] == {"world_size": 2, "batch_size": 16, "batches": 6}
+    out = train(3, "--steps", "10", "--resume")
+    assert "resumed at step 6 (epoch 0)" in out and "step 10 loss" in out and "done: 10 steps" in out
 
 
 def test_remote_urls_pipe_and_http(shards):

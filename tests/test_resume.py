@@ -118,6 +118,9 @@ def test_resume_with_persistent_workers_twice_and_after_set_epoch(split):
     assert_same(head + middle + rest, whole)
     # The resumed loader goes on to full epochs: the same epoch again, then the next one.
     assert_same(batches(third), whole)
+    # A state loaded into a loader whose persistent workers already ran reaches them too.
+    loader.load_state_dict(json.loads(json.dumps(again.state_dict())))
+    assert_same(batches(loader), rest)
     third.set_epoch(2)
     loader.set_epoch(2)
     assert_same(batches(third), batches(loader))
