@@ -252,3 +252,41 @@ def _torchrun(urls: Path, out: Path, world: int, task: str):
     for r in range(world):
         (out / f"rank{r}.json").unlink()
     return results
+
+
+# ----------------------------------------------------------------------------- the plan's arithmetic
+
+
+@pytest.mark.parametrize("world,block", [(1, None), (3, None), (4, 7), (5, 1)])
+def test_rank_streams_cover_the_epoch_once_in_permuted_blocks(world, block):
+    from bioscan_io import plan
+
+    counts = [13, 0, 29, 8, 21]
+    total = sum(counts)
+    streams = [plan.RankStream(counts, 2, 1, r, world, block, True) for r in range(world)]
+    assert len({len(s) for s in streams}) == 1
+    seen = collections.Counter()
+    for s in streams:
+        shard, row, padding = s.positions(0, len(s))
+        assert not padding[:s.real].any() and padding[s.real:].all()  # padding only at the end
+        seen.update(zip(shard[:s.real].tolist(), row[:s.real].tolist()))
+        # Arbitrary slices agree with the whole.
+        a, z = len(s) // 3, len(s) - 1
+        part = s.positions(a, z)
+        assert part[0].tolist() == shard[a:z].tolist() and part[1].tolist() == row[a:z].tolist()
+    assert seen == collections.Counter((i, r) for i, c in enumerate(counts) for r in range(c))
+    assert sum(len(s) - s.real for s in streams) == world * -(-total // world) - total
+
+
+def test_remainder_is_what_was_not_yielded_cut_again():
+    from bioscan_io import plan
+
+    counts = [40, 25, 35]
+    old = [plan.RankStream(counts, 0, 0, r, 4, 10, True) for r in range(4)]
+    starts, ends = [8, 8, 16, 0], [len(s) for s in old]
+    new = [plan.Remainder(old, starts, ends, r, 3) for r in range(3)]
+    left = [tuple(x) for s, a in zip(old, starts) for x in zip(*[v[a:].tolist() for v in s.positions(0, len(s))[:2]])]
+    got = [tuple(x) for s in new for x, pad in zip(zip(*[v.tolist() for v in s.positions(0, len(s))[:2]]),
+                                                   s.positions(0, len(s))[2]) if not pad]
+    assert got == left  # in rank order, nothing lost, nothing added
+    assert len({len(s) for s in new}) == 1 and sum(len(s) - s.real for s in new) == 3 * -(-len(left) // 3) - len(left)
