@@ -51,6 +51,7 @@ import io
 import math
 import mmap
 import random
+import re
 import sys
 
 import numpy as np
@@ -76,7 +77,15 @@ def _open(data: bytes, where: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises a zoo of types for corrupt data
-        raise BioscanError(f"corrupt image {where}: {exc}") from None
+        raise BioscanError(f"corrupt image {where}: {_reason(exc, data)}") from None
+
+
+def _reason(exc: Exception, data: bytes) -> str:
+    """PIL's complaint without the object it was reading (``<_io.BytesIO object at 0x...>``)."""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    if "cannot identify image file" in text:
+        return f"not an image PIL can read ({len(data)} bytes, starting {bytes(data[:4])!r})"
+    return text or type(exc).__name__
 
 
 def _load_rgb(img: Image.Image, where: str) -> Image.Image:
@@ -84,7 +93,7 @@ def _load_rgb(img: Image.Image, where: str) -> Image.Image:
     try:
         img.load()
     except Exception as exc:
-        raise BioscanError(f"corrupt image {where}: {exc}") from None
+        raise BioscanError(f"corrupt image {where}: {_reason(exc, b'')}") from None
     return img if img.mode == "RGB" else img.convert("RGB")
 
 

@@ -5,8 +5,8 @@ Each DataLoader worker runs one pipeline, a list of small stages over items
 made but the ids (and text) handed out and the images being decoded::
 
     items (this rank's canonical stream, plan.py: worker w of W makes items w, w+W, ...)
-      -> read (the rows each item names: from the per-shard index, or one header walk)
-      -> refill (good rows stand in for skipped bad ones: exact len() for DDP)
+      -> read (reader.py: the rows each item names, from the per-shard index or one header walk)
+      -> refill (reader.py: good rows stand in for skipped bad ones: exact len() for DDP)
       -> collate (one tokenizer call per item; images decoded into the batch)
       -> hand-over (a worker makes the item in a reused shared-memory slot)
     main process: the item cut back into its batches (views, no copy)
@@ -26,20 +26,20 @@ import logging
 import multiprocessing
 
 import numpy as np
-import pyarrow as pa
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed, handover, plan, storage
-from .format import load_index, parse_records, take_indexed, take_local
 from .resume import make_state, plan_identity, read_state
+from .reader import ErrorPolicy, read_items, read_rows, record_columns, refill_items
 from .shardlist import ShardSet, find_shards
-from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
+from .options import check_options
+from .schema import MAX_NUCLEOTIDES, BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 
-__all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "ErrorPolicy", "read_rows",
-           "record_columns", "read_items", "refill_items", "collate_groups", "split_group", "DEFAULT_IMAGE_BLOCK"]
+__all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "collate_groups", "split_group",
+           "DEFAULT_IMAGE_BLOCK"]
 
 log = logging.getLogger("bioscan_io")
 #: Default shuffle window for tasks with images: samples of one shard permuted together.
@@ -53,146 +53,6 @@ GROUP_BATCHES, GROUP_BYTES = 16, 16 << 20
 
 
 # ----------------------------------------------------------------------------- stages
-
-class ErrorPolicy:
-    """What the stages do with a bad sample or shard: raise (default) or skip and count.
-
-    Skipped samples are kept as ``(count, message)`` until the next batch carries
-    them to the main process (``BioscanLoader.errors``).
-    """
-
-    def __init__(self, mode: str):
-        self.mode, self.pending = mode, []
-
-    def handle(self, exc: BioscanError, lost: int) -> None:
-        if self.mode == "raise":
-            raise exc
-        self.pending.append((lost, str(exc)))
-
-    def drain(self) -> list:
-        out, self.pending = self.pending, []
-        return out
-
-
-def read_rows(shards: ShardSet, shard: int, rows: np.ndarray, exts, errors: ErrorPolicy,
-              copies: storage.LocalCopies) -> tuple[dict, np.ndarray]:
-    """The samples at ``rows`` of one shard, and their indices into ``rows`` (the rest were bad).
-
-    A shard with an index (format version 2) is read from its memory-mapped
-    index: barcodes and the record fields (as a ``"record"`` struct column in
-    place of ``.json``) with no tar page touched, images at the offsets the index
-    gives. Any other shard is read with one header walk over the rows' range
-    (remote shards are first copied to a temporary file, held by ``copies``). A
-    sample without one of the members, a fault in the shard, or a shard or
-    index that cannot be opened is raised or skipped per ``errors``; skipping
-    loses only the rows the fault made unreadable. Messages name the shard by URL.
-    """
-    url = shards.urls[shard]
-    try:
-        block, kept, missing, error = _take(shards, shard, rows, tuple(sorted(exts)), copies)
-    except BioscanError as exc:
-        block, kept, missing, error = {"__key__": pa.array([], pa.string())}, np.zeros(0, np.int64), [], exc
-    for key, ext in missing:
-        errors.handle(BioscanError(f"shard {url}: sample {key} has no .{ext} member"), 1)
-    lost = len(rows) - len(kept) - len(missing)
-    if lost:
-        errors.handle(error or BioscanError(f"shard {url}: {lost} sample(s) could not be read"), lost)
-    block["__shard__"] = pa.array(np.full(len(kept), shard, np.int32))
-    return block, kept
-
-
-def _take(shards: ShardSet, shard: int, rows: np.ndarray, exts: tuple[str, ...], copies) -> tuple:
-    url = shards.urls[shard]
-    index_url = shards.indexes[shard] if shards.indexes else None
-    if index_url is None:
-        return take_local(copies.path(url), rows, exts, name=url)
-    index = load_index(copies.path(index_url), shards.entries[shard], name=index_url)
-    tar = copies.path(url) if "jpg" in exts else None  # without images, no tar page is touched
-    return take_indexed(index, rows, exts, tar=tar, name=url)
-
-
-def record_columns(block: dict, task: Task, urls: list[str], errors: ErrorPolicy) -> dict:
-    """The block with its ``.json`` (or index ``record``) column replaced by the columns the task needs.
-
-    A record that cannot be parsed is reported per ``errors`` and its row dropped.
-    """
-    if "record" in block:  # read from the index: the fields, already columns
-        record = block.pop("record")
-        block.update(task.record_columns(pa.Table.from_struct_array(record)))
-        return block
-    if "json" not in block:
-        return block
-    table, bad = parse_records(block["json"], task.record_fields)
-    if bad:
-        keys, shards = block["__key__"].to_pylist(), block["__shard__"].to_numpy()
-        for i, message in bad:
-            errors.handle(BioscanError(f"bad JSON in {urls[shards[i]]}: {keys[i]}.json: {message}"), 1)
-        keep = np.ones(len(keys), bool)
-        keep[[i for i, _ in bad]] = False
-        mask = pa.array(keep)
-        block, table = {k: v.filter(mask) for k, v in block.items()}, table.filter(mask)
-    del block["json"]
-    block.update(task.record_columns(table))
-    return block
-
-
-def read_items(items, shards: ShardSet, task: Task, errors: ErrorPolicy, copies: storage.LocalCopies,
-               mark_padding: bool):
-    """``(item, block)``: each item's samples read, with the task's record columns; bad rows left out.
-
-    With ``mark_padding``, a ``"__valid__"`` column is False on the padding rows.
-    """
-    try:
-        for item in items:
-            parts = []
-            for shard, index in item.runs():
-                block, kept = read_rows(shards, shard, item.row[index], task.members, errors, copies)
-                if mark_padding:
-                    block["__valid__"] = pa.array(~item.padding[index][kept])
-                block = record_columns(block, task, shards.urls, errors)
-                if len(block["__key__"]):
-                    parts.append(block)
-            yield item, _joined(parts)
-    finally:
-        copies.close()
-
-
-def _joined(parts: list[dict]) -> dict:
-    """Blocks with the same columns as one (chunked, no copy); index and tar string types unified."""
-    if not parts:
-        return {"__key__": pa.array([], pa.string())}
-    if len(parts) == 1:
-        return parts[0]
-    out = {}
-    for key in parts[0]:
-        chunks = [c for p in parts for c in (p[key].chunks if isinstance(p[key], pa.ChunkedArray) else [p[key]])]
-        kind = chunks[0].type
-        out[key] = pa.chunked_array([c if c.type == kind else c.cast(kind) for c in chunks])
-    return out
-
-
-def refill_items(items, elsewhere, mark_padding: bool):
-    """Each item's block with exactly its planned rows, its batch sizes in ``_sizes``.
-
-    Good rows of the item stand in for the skipped bad ones (repeated in
-    order), so every rank still yields ``len(loader)`` full batches and DDP does
-    not wait on a short rank. When every row of the item was bad, the rows come
-    from ``elsewhere(n)``: good samples from the rest of the split (the same on
-    every rank and worker), which raises only when the split has none. Stand-ins
-    are ``valid=False`` under ``mark_padding``: never a second copy of a record.
-    """
-    for item, block in items:
-        n, want = len(block["__key__"]), sum(item.sizes)
-        if n < want:
-            source = block if n else elsewhere(want)
-            index = pa.array(np.arange(want - n) % len(source["__key__"]))
-            stand_ins = {k: v.take(index) for k, v in source.items()}
-            if mark_padding:
-                stand_ins["__valid__"] = pa.array(np.zeros(want - n, bool))
-            block = _joined([block, stand_ins]) if n else stand_ins
-        block["_sizes"] = item.sizes
-        yield block
-
 
 class EpochStream(IterableDataset):
     """One rank's batches for the current epoch; each DataLoader worker makes its share of the items."""
@@ -238,7 +98,7 @@ class EpochStream(IterableDataset):
             if len(block["__key__"]):
                 return block
         first = quiet.pending[0][1] if quiet.pending else "no samples"
-        raise BioscanError(f"no sample of the split at {storage.dirname(self.shards.urls[0])} could be read "
+        raise BioscanError(f"no sample of the split at {self.shards.folder} could be read "
                            f"({len(self.shards.urls)} shard(s); the first error: {first})")
 
     def __iter__(self):
@@ -309,12 +169,22 @@ def split_group(group: dict):
 
 
 def _report(groups, errors: ErrorPolicy):
-    """Carry the skipped samples' messages to the main process with the next group of batches."""
-    for group in groups:
-        skipped = errors.drain()
-        if skipped:
-            group["_skipped"] = skipped
-        yield group
+    """Carry the skipped samples' messages to the main process with the next item of batches.
+
+    A ``BioscanError`` raised in a worker is carried as an item too, and raised
+    again in the main process as its one line (the DataLoader would wrap it in
+    the worker's traceback).
+    """
+    try:
+        for group in groups:
+            skipped = errors.drain()
+            if skipped:
+                group["_skipped"] = skipped
+            yield group
+    except BioscanError as exc:
+        if get_worker_info() is None:
+            raise
+        yield {"_error": str(exc), "_skipped": errors.drain()}
 
 
 class BioscanLoader:
@@ -362,15 +232,24 @@ class BioscanLoader:
         arena = self.arena
         if arena is not None:
             arena.new_iteration()
-        for group in self.dataloader:
-            if arena is not None:
-                group = arena.unpack(group)
-            skipped = group.pop("_skipped", None)
-            if skipped:
-                self.errors.extend(skipped)
-            for batch in split_group(group):
-                self._yielded += 1
-                yield batch
+        groups = iter(self.dataloader)
+        try:
+            for group in groups:
+                if arena is not None:
+                    group = arena.unpack(group)
+                skipped = group.pop("_skipped", None)
+                if skipped:
+                    self.errors.extend(skipped)
+                if "_error" in group:
+                    raise BioscanError(group["_error"])
+                for batch in split_group(group):
+                    self._yielded += 1
+                    yield batch
+        except GeneratorExit:  # the consumer stopped early: persistent workers stay for the next pass
+            raise
+        except BaseException:
+            _stop_workers(self.dataloader, groups)
+            raise
         if self.errors:
             log.warning("epoch %d: skipped %d bad sample(s): %s", self.epoch, self.skipped,
                         "; ".join(msg for _, msg in self.errors[:5]) + (" ..." if len(self.errors) > 5 else ""))
@@ -410,6 +289,21 @@ class BioscanLoader:
         self._epoch, self._yielded, self._resume = epoch, self._start, True
 
 
+def _stop_workers(dataloader: DataLoader, groups) -> None:
+    """Shut down the workers of a DataLoader iterator that raised, here in the parent process.
+
+    Left to the garbage collector, the dead iterator (held by the exception's
+    traceback, or by the DataLoader when its workers are persistent) is inherited
+    by the workers of loaders made later, and its ``__del__`` fails there
+    ("can only test a child process").
+    """
+    shutdown = getattr(groups, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if getattr(dataloader, "_iterator", None) is groups:
+        dataloader._iterator = None
+
+
 def make_loader(
     urls,
     task: str = "mlm",
@@ -443,6 +337,7 @@ def make_loader(
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = 2,
     on_error: str = "raise",
+    check_sha256: bool = False,
     storage_options: dict | None = None,
 ) -> BioscanLoader:
     """A PyTorch DataLoader over BIOSCAN-5M shards for one task.
@@ -510,6 +405,12 @@ def make_loader(
         and recent good samples stand in for them so ``len()`` still holds (from
         elsewhere in the split when all of a worker's samples were bad; only a split
         with no readable sample raises, on every rank alike).
+    check_sha256 : bool
+        Check each shard against its manifest sha256 the first time a process
+        reads it (reading the whole shard once per worker); a shard that differs
+        is its samples' error, as ``on_error`` says. A flipped bit in a JPEG's
+        data otherwise decodes as another image. Off by default (cost:
+        BENCHMARKS.md).
     storage_options : dict, optional
         For fsspec URLs: the filesystem's options (e.g. ``{"endpoint_url":
         "http://127.0.0.1:9000", "key": ..., "secret": ...}`` for an S3-compatible
@@ -521,21 +422,16 @@ def make_loader(
         Iterable of batches with an exact ``len()``, ``set_epoch()``, and
         ``state_dict()`` / ``load_state_dict()`` to stop and resume mid-epoch.
     """
-    if task not in TASKS:
-        raise BioscanError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
-    if batch_size < 1:
-        raise BioscanError(f"batch_size must be at least 1, got {batch_size}")
-    if shuffle_buffer is not None and shuffle_buffer < 1:
-        raise BioscanError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
-    if on_error not in ("raise", "skip"):
-        raise BioscanError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_options(locals())
     spec = TASKS[task]
     modalities = choose_modalities(task, modality)
     shards = find_shards(urls, storage_options)
+    shards.check_sha256 = check_sha256
     if spec.needs_labels and shards.labels is None:
-        raise BioscanError(f"task {task!r} needs labels.json beside the split folder of {shards.urls[0]}")
-    if label_rank not in RANKS:
-        raise BioscanError(f"unknown label_rank {label_rank!r}; ranks are {', '.join(RANKS)}")
+        raise BioscanError(f"task {task!r} needs the label values of labels.json, looked for at {shards.labels_url}: "
+                           "bioscan-shard writes it beside the split folders; copy it there with the split")
+    if shards.total == 0:
+        raise BioscanError(f"no samples to load: the split at {shards.folder} holds 0 samples")
     train = spec.train if train is None else train
     pad = spec.pad if pad is None else pad
     shuffle = train if shuffle is None else shuffle

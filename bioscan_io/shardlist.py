@@ -37,6 +37,9 @@ class ShardSet:
     labels: dict | None = None
     indexes: list | None = None
     entries: list | None = None
+    labels_url: str | None = None  # where labels.json was looked for
+    folder: str | None = None  # the split folder (where the manifest is, or would be)
+    check_sha256: bool = False  # check each shard's sha256 as it is first read
 
     @property
     def total(self) -> int:
@@ -76,9 +79,10 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
         raise BioscanError(f"no shard manifest at {manifest_url}")
 
     base = storage.dirname(manifest_url)
-    labels = read_labels(storage.read_text(storage.join(storage.dirname(base), LABELS), storage_options))
+    labels_url = storage.join(storage.dirname(base), LABELS)
+    labels = read_labels(storage.read_text(labels_url, storage_options))
     if manifest is None:
-        return ShardSet(listed, [_count_local(u) for u in listed], labels)
+        return ShardSet(listed, [_count_local(u) for u in listed], labels, labels_url=labels_url, folder=base)
     by_name = {s["name"]: s for s in manifest["shards"]}
     if listed is None:
         listed = [storage.join(base, s["name"]) for s in manifest["shards"]]
@@ -92,7 +96,7 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
                else None for u, e in zip(listed, entries)]
     if not all(e.get("index") for e in entries):
         _notice_unindexed(base)
-    return ShardSet(listed, [e["count"] for e in entries], labels, indexes, entries)
+    return ShardSet(listed, [e["count"] for e in entries], labels, indexes, entries, labels_url, base)
 
 
 _NOTICED: set = set()
@@ -107,10 +111,15 @@ def _notice_unindexed(folder: str) -> None:
 
 
 def _count_local(url: str) -> int:
+    """The samples of a shard without a manifest beside it, by reading its headers."""
+    if not storage.is_url(url) and not Path(url).exists():
+        raise BioscanError(f"no such file or folder: {url}")
     if storage.is_url(url) or not Path(url).is_file():
         raise BioscanError(f"cannot count the samples of {url}: no manifest.json beside it")
     reader = TarReader(url)
     count = sum(1 for _ in reader.samples(exts=frozenset()))
+    if reader.fault is not None and reader.last is None:
+        raise BioscanError(f"{url} is not a tar shard ({reader.fault.detail}) and has no manifest.json beside it")
     if reader.error() is not None:
         raise reader.error()
     return count

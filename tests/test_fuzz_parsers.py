@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bioscan_io.format import TarReader, read_manifest, take_local
-from bioscan_io.loader import ErrorPolicy, ShardSet, read_rows
+from bioscan_io.reader import ErrorPolicy, ShardSet, read_rows
 from bioscan_io.storage import LocalCopies
 from bioscan_io.metadata import read_metadata
 from bioscan_io.schema import METADATA_CSV, METADATA_JSONLD, BioscanError

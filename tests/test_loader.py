@@ -183,7 +183,7 @@ def test_shuffle_buffer_is_the_block_read_and_permuted_together(shards):
 
 
 def test_bad_arguments(shards, tmp_path):
-    with pytest.raises(BioscanError, match="unknown task"):
+    with pytest.raises(BioscanError, match="task must be one of"):
         make_loader(shards / "all", "segment")
     with pytest.raises(BioscanError, match="no shard manifest"):
         make_loader(tmp_path, "mlm")

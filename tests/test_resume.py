@@ -145,12 +145,12 @@ def test_state_at_an_epoch_boundary(split):
 
 def test_resume_does_not_read_the_skipped_batches(split, monkeypatch):
     """A seek, not a replay: the rows of the batches before the state are never read."""
-    from bioscan_io import loader as loader_module
+    from bioscan_io import reader
 
     head, again = interrupted(split, 20, workers=0)
     read = []
-    original = loader_module.read_rows
-    monkeypatch.setattr(loader_module, "read_rows", lambda *a, **kw: read.append(len(a[2])) or original(*a, **kw))
+    original = reader.read_rows
+    monkeypatch.setattr(reader, "read_rows", lambda *a, **kw: read.append(len(a[2])) or original(*a, **kw))
     rest = batches(again)
     assert len(rest) == 5 and sum(read) == sum(len(b["processid"]) for b in rest)
 

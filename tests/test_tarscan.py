@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from bioscan_io.format import read_manifest, scan, take_local
-from bioscan_io.loader import ErrorPolicy, ShardSet, read_rows
+from bioscan_io.reader import ErrorPolicy, ShardSet, read_rows
 from bioscan_io.storage import LocalCopies
 from bioscan_io.schema import BioscanError
 from bioscan_io.shard import shard_split

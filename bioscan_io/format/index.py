@@ -37,8 +37,8 @@ from ..schema import MISSING_LABEL, RANKS, BioscanError
 from .members import MEMBERS, parse_records
 
 __all__ = ["INDEX_SUFFIX", "RECORD_FIELDS", "index_name", "build_index", "write_index", "open_index",
-           "check_index", "verify_index_file", "load_index", "index_from_shard", "describes", "index_split",
-           "index_problems"]
+           "check_index", "verify_index_file", "verify_shard_file", "load_index", "index_from_shard", "describes",
+           "index_split", "index_problems"]
 
 INDEX_SUFFIX = ".idx.arrow"
 #: The ``.json`` record fields an index carries (what the tasks read of a record).
@@ -208,18 +208,29 @@ def verify_index_file(path: str, entry: dict, name: str) -> None:
     An index is small next to its shard (the barcodes and a few fields), and a
     flipped byte in it would otherwise be served as a wrong barcode or offset.
     """
-    listed = entry.get("index") or {}
+    _verify_once(path, entry.get("index") or {}, f"shard index {name}", "bioscan-io index FOLDER writes it again")
+
+
+def verify_shard_file(path: str, entry: dict, name: str) -> None:
+    """The shard file is the one the manifest lists (bytes and sha256), hashed once per process and file.
+
+    ``make_loader(check_sha256=True)``: a flipped bit in a JPEG's scan data
+    decodes as another image, which no reader can tell otherwise.
+    """
+    _verify_once(path, entry, f"shard {name}", "bioscan-io verify FOLDER says how")
+
+
+def _verify_once(path: str, listed: dict, what: str, hint: str) -> None:
     stat = os.stat(path)
-    key = (name, stat.st_size, stat.st_mtime_ns, listed.get("sha256"))
+    key = (what, stat.st_size, stat.st_mtime_ns, listed.get("sha256"))
     if key in _VERIFIED:
         return
     if stat.st_size != listed.get("bytes"):
-        raise BioscanError(f"shard index {name} has {stat.st_size} bytes, the manifest says {listed.get('bytes')}; "
-                           "bioscan-io index FOLDER writes it again")
+        raise BioscanError(f"{what} has {stat.st_size} bytes, the manifest says {listed.get('bytes')}; {hint}")
     digest = _sha256(path)
     if digest != listed.get("sha256"):
-        raise BioscanError(f"shard index {name} is corrupt: sha256 {digest[:16]}..., the manifest says "
-                           f"{str(listed.get('sha256'))[:16]}...; bioscan-io index FOLDER writes it again")
+        raise BioscanError(f"{what} is corrupt: sha256 {digest[:16]}..., the manifest says "
+                           f"{str(listed.get('sha256'))[:16]}...; {hint}")
     _VERIFIED.add(key)
 
 

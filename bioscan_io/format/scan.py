@@ -170,7 +170,8 @@ def _walk(mm: mmap.mmap, name: str, start: int, stop: int, exts):
             if status == _tar.Status.UNSUPPORTED:
                 return None, 0, None
             if status != _tar.Status.OK:
-                error = _fault(buf, name, status, offset)
+                last = bytes(buf[rows[got - 1, 0]:rows[got - 1, 1]]).decode(errors="replace") if got else None
+                error = _fault(buf, name, status, offset, last)
             elif got < want:
                 error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
             found[ext], n = rows, min(n, got)
@@ -179,12 +180,12 @@ def _walk(mm: mmap.mmap, name: str, start: int, stop: int, exts):
         del buf  # release the map's buffer, so that it can close
 
 
-def _fault(buf: np.ndarray, name: str, status: int, offset: int) -> ShardError:
+def _fault(buf: np.ndarray, name: str, status: int, offset: int, last: str | None) -> ShardError:
+    """The fault at ``offset``, placed by the last good sample (a damaged header's own name may be wrong)."""
     what = _tar.STATUS[status]
     if offset == 0:
         return ShardError(f"{name} is not a tar shard ({what} at byte 0)", f"{what} at byte 0")
-    member = bytes(buf[offset:offset + 100]).split(b"\0", 1)[0]
-    detail = f"{what} at byte {offset}" + (f" (member {member.decode(errors='replace')!r})" if member else "")
+    detail = f"{what} at byte {offset}, " + (f"after sample {last}" if last else "before the first sample read")
     return ShardError(f"shard {name}: {detail}", detail)
 
 
