@@ -402,9 +402,10 @@ def make_loader(
         missing member, a shard shorter than its manifest) raises ``BioscanError``
         naming the shard and sample (default), or is skipped and counted: the loader's
         ``errors`` and ``skipped`` give them, they are logged at the end of the epoch,
-        and recent good samples stand in for them so ``len()`` still holds (from
-        elsewhere in the split when all of a worker's samples were bad; only a split
-        with no readable sample raises, on every rank alike).
+        and good samples of the same batch stand in for them so ``len()`` still
+        holds (from the first readable shard of the epoch when all of a batch's
+        samples were bad; only a split with no readable sample raises, on every
+        rank alike).
     check_sha256 : bool
         Check each shard against its manifest sha256 the first time a process
         reads it (reading the whole shard once per worker); a shard that differs
