@@ -4,22 +4,30 @@ Every file bioscan-io writes (shards, manifests, ``labels.json``, the metadata
 cache, the generated dataset, contact sheets) is written under a temporary
 sibling name, ``.{name}.tmp-{pid}-{random}``, and renamed over its final name
 only once complete: a reader never sees half a file, and a killed run leaves at
-most temporaries, which :func:`sweep` recognises by that one naming rule.
+most temporaries, which :func:`sweep` recognises by that one naming rule (and
+spares while the process named in it still runs: it may be writing them).
+The folders they go to are checked first (:func:`check_writable`), so that a
+run fails before it starts rather than half way through.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TMP_MARK", "temporary_sibling", "replacing", "atomic_open", "sweep"]
+from .schema import BioscanError
+
+__all__ = ["TMP_MARK", "temporary_sibling", "replacing", "atomic_open", "sweep", "check_writable",
+           "missing_folders"]
 
 #: What every temporary name holds after its final name.
 TMP_MARK = ".tmp-"
+_WRITER = re.compile(re.escape(TMP_MARK) + r"(\d+)-[0-9a-f]+$")
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
@@ -61,16 +69,76 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, sync: bool = False,
 def sweep(folder: str | os.PathLike, name: str = "*", older_than: float | None = None) -> None:
     """Remove the temporaries of ``name`` (default: of every file) left in ``folder`` by killed runs.
 
-    ``older_than`` (seconds) spares recent ones, where another process may still
-    be writing into the same folder.
+    A temporary whose writer (the process id in its name) still runs on this
+    machine is spared: it may be another run writing into the same folder.
+    ``older_than`` (seconds) also spares recent ones, for writers elsewhere
+    (a shared file system), whose process ids mean nothing here.
     """
     now = time.time()
     for tmp in Path(folder).glob(f".{name}{TMP_MARK}*"):
         try:
-            if older_than is None or now - tmp.stat().st_mtime > older_than:
+            if older_than is not None and now - tmp.stat().st_mtime <= older_than:
+                continue
+            if not _writer_alive(tmp.name):
                 _remove(tmp)
         except OSError:
             pass  # gone already
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temporary still runs (a zombie does not)."""
+    m = _WRITER.search(name)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses, so the last ")".
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def check_writable(path: Path, what: str) -> bool:
+    """Whether the folder ``path`` exists, after making sure it can be written or created.
+
+    Checked before anything is written, so that a run fails on one line naming
+    the folder rather than on a traceback half way through.
+
+    Raises
+    ------
+    BioscanError
+        One line naming ``path`` (``what`` says which folder it is) and why:
+        a file in its place, or no permission to write in it or its parent.
+    """
+    try:
+        if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise BioscanError(f"no permission to write in the {what} {path}")
+            return True
+        if path.exists() or path.is_symlink():
+            raise BioscanError(f"the {what} {path} is a file, not a folder")
+        parent = next(p for p in path.parents if p.exists())
+        if not parent.is_dir():
+            raise BioscanError(f"cannot create the {what} {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BioscanError(f"cannot create the {what} {path}: no permission to write in {parent}")
+    except OSError as exc:  # e.g. a parent we may not even look into
+        raise BioscanError(f"cannot use the {what} {path}: {exc.strerror or exc}") from None
+    return False
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first (what a run would create)."""
+    return [p for p in (path, *path.parents) if not os.path.lexists(p)]
 
 
 def _remove(path: Path) -> None:

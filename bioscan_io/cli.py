@@ -9,7 +9,9 @@ record or shard at fault (one wrapper, :func:`_run`, for every command).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Callable
 
 from . import __version__
 from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError
+from .wording import os_error_text, plural
 
 __all__ = ["COMMANDS", "main", "shard_main", "parse_size", "parse_options"]
 
@@ -53,6 +56,25 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _version() -> str:
+    """``bioscan-io VERSION``: the installed package's version (what pip lists), else the source tree's."""
+    try:
+        return f"bioscan-io {importlib.metadata.version('bioscan-io')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return f"bioscan-io {__version__}"
+
+
+def _progress_argument(p: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress``, the same for every command (read with :func:`_progress`)."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: shown when stderr is a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Bars when asked for, else only on a terminal: a log file or a pipe gets no carriage-return noise."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
 # ----------------------------------------------------------------------------- shard
 
 
@@ -64,8 +86,10 @@ def _shard_arguments(p: argparse.ArgumentParser) -> None:
                    help="split, a+b union, seen, unseen, all or validation (default: pretrain)")
     p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default: {DEFAULT_PACKAGE})")
     p.add_argument("--out", default="shards",
-                   help="output folder, an fsspec URL such as s3://bucket/shards, or 'pipe:CMD {name}' (each file "
-                        "piped to CMD, {name} its path); shards go to OUT/SPLIT/ (default: shards)")
+                   help="output folder, an fsspec URL such as s3://bucket/shards, or 'pipe:CMD' with {name}: "
+                        "each file piped to CMD's stdin, {name} replaced by its path (train/train-000000.tar, ..., "
+                        "the manifest last), e.g. --out 'pipe:aws s3 cp - s3://bucket/shards/{name}'; "
+                        "shards go to OUT/SPLIT/ (default: shards)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of a remote --out's filesystem, e.g. endpoint_url=http://127.0.0.1:9000 "
                         "(repeatable; values parsed as JSON when they can be)")
@@ -82,7 +106,7 @@ def _shard_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-missing", action="store_true",
                    help="shard records that have an image; list those without one in missing_images.txt")
     p.add_argument("--overwrite", action="store_true", help="replace shards of another run in the split folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _progress_argument(p)
 
 
 def _shard(args) -> None:
@@ -91,7 +115,7 @@ def _shard(args) -> None:
     summary = shard_split(
         args.root, args.split, package=args.package, out=args.out, metadata=args.metadata, images=args.images,
         maxcount=args.maxcount, maxsize=args.maxsize, seed=args.seed, workers=args.workers,
-        skip_missing=args.skip_missing, overwrite=args.overwrite, progress=not args.no_progress, log=_stderr,
+        skip_missing=args.skip_missing, overwrite=args.overwrite, progress=_progress(args), log=_stderr,
         storage_options=parse_options(args.storage_option),
     )
     print(summary.line())
@@ -107,14 +131,14 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default {DEFAULT_PACKAGE})")
     p.add_argument("--workers", type=int, default=None, help="image worker processes (default: all CPUs)")
     p.add_argument("--no-images", action="store_true", help="write the metadata only")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    _progress_argument(p)
 
 
 def _generate(args) -> None:
     from .synth import generate
 
     ds = generate(args.root, n_records=args.records, seed=args.seed, package=args.package, workers=args.workers,
-                  images=not args.no_images, progress=args.progress)
+                  images=not args.no_images, progress=_progress(args))
     print(ds.summary())
 
 
@@ -129,14 +153,14 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--metadata", help="metadata CSV or JSON-LD to compare with (default: the manifest's)")
     p.add_argument("--images", action="store_true", help="also compare every image byte for byte with its source file")
     p.add_argument("--json", action="store_true", help="print one JSON object (folder, ok, samples, shards, problems)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _progress_argument(p)
 
 
 def _verify(args) -> int:
     from .verify import verify_split
 
     report = verify_split(args.folder, root=args.root, metadata=args.metadata, images=args.images,
-                          progress=not args.no_progress)
+                          progress=_progress(args))
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else "\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -151,8 +175,14 @@ def _index_arguments(p: argparse.ArgumentParser) -> None:
 def _index(args) -> None:
     from .format import index_split
 
-    n = index_split(args.folder)
-    print(f"bioscan-io index: {args.folder}: wrote {n} shard index(es); manifest.json now lists them")
+    try:
+        n = index_split(args.folder)
+    except OSError as exc:
+        # pyarrow's errors name only the temporary file beside the shard: say the folder and the cause.
+        cause = os_error_text(exc) if exc.filename else os.strerror(exc.errno) if exc.errno else os_error_text(exc)
+        raise BioscanError(f"cannot index {args.folder}: {cause}") from None
+    print(f"bioscan-io index: {args.folder}: wrote {plural(n, 'shard index', 'shard indexes')}; "
+          "manifest.json now lists them")
 
 
 # ----------------------------------------------------------------------------- peek
@@ -169,7 +199,7 @@ def _peek_arguments(p: argparse.ArgumentParser) -> None:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--no-sheet", action="store_true", help="only print the split summary")
     only.add_argument("--no-summary", action="store_true", help="only write the contact sheet")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _progress_argument(p)
 
 
 def _peek(args) -> None:
@@ -187,7 +217,7 @@ def _peek(args) -> None:
             split_summary(args.path)  # raises: no manifest beside the shard
         _stderr(f"bioscan-io peek: no manifest.json beside {args.path}, so no split summary")
         return
-    summary = split_summary(args.path, progress=not args.no_progress)
+    summary = split_summary(args.path, progress=_progress(args))
     print(("\n" if not args.no_sheet else "") + "\n".join(summary.lines()))
 
 
@@ -234,7 +264,7 @@ COMMANDS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioscan-io", description="WebDataset shards and loaders for BIOSCAN-5M.")
-    p.add_argument("--version", action="version", version=f"bioscan-io {__version__}")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         command.arguments(sub.add_parser(name, help=command.help, description=command.description))
@@ -242,11 +272,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(prog: str, command: Command, args: argparse.Namespace) -> int:
-    """Run a command: its own exit status, 2 and one line on any user error, 130 on Ctrl-C."""
+    """Run a command: its own exit status, 2 and one line on any user error, 130 on Ctrl-C.
+
+    An ``OSError`` that escapes a command (a file it may not read or write, a file
+    where a folder should be) is the user's to fix as well: one line naming the
+    path and the cause, never a traceback, and never 1, which ``verify`` keeps
+    for "problems found". Commands raise ``BioscanError`` themselves where they
+    can say more; this is the net under them.
+    """
     try:
         return command.run(args) or 0
     except BioscanError as exc:
         _stderr(f"{prog}: error: {exc}")
+        return 2
+    except OSError as exc:
+        _stderr(f"{prog}: error: {os_error_text(exc)}")
         return 2
     except KeyboardInterrupt:
         _stderr(f"{prog}: {command.interrupted}")
@@ -263,7 +303,7 @@ def shard_main(argv=None) -> int:
     """``bioscan-shard``: shard one split of a dataset root."""
     command = COMMANDS["shard"]
     p = argparse.ArgumentParser(prog="bioscan-shard", description=command.description)
-    p.add_argument("--version", action="version", version=f"bioscan-shard {__version__}")
+    p.add_argument("--version", action="version", version=_version())
     command.arguments(p)
     return _run("bioscan-shard", command, p.parse_args(argv))
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .atomic import replacing
+from .atomic import replacing, sweep
 from .schema import (
     COLUMN_KINDS,
     COLUMNS,
@@ -37,7 +37,7 @@ from .schema import (
 )
 
 __all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "file_sha256", "cache_path", "open_cached",
-           "label_values", "label_indices"]
+           "clear_cache", "label_values", "label_indices"]
 
 _ARROW_TYPES = {
     "str": pa.string(),
@@ -73,11 +73,20 @@ def _check_readable(path: Path) -> None:
 
 
 def _csv_header(path: Path) -> list[str]:
+    """The column names: the first line only, so a bad byte further on is found by its record."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-    except UnicodeDecodeError:
-        raise BioscanError(f"unreadable metadata CSV {path}: not UTF-8 text") from None
+        with open(path, "rb") as f:
+            line = f.readline(1 << 20)  # a header is a few hundred bytes; a binary file may have no newline
+    except OSError as exc:
+        raise BioscanError(f"unreadable metadata CSV {path}: {exc.strerror or exc}") from None
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BioscanError(
+            f"unreadable metadata CSV {path}: not UTF-8 text (its header line has byte 0x{line[exc.start]:02x})"
+        ) from None
+    try:
+        header = next(csv.reader([text]), None)
     except csv.Error as exc:
         raise BioscanError(f"unreadable metadata CSV {path}: {exc}") from None
     if not header:
@@ -117,20 +126,56 @@ def _csv_batches(path: Path):
 def _explain(exc: Exception, header: list[str], path: Path) -> str:
     """pyarrow's message, with the column named and the record found for a bad value."""
     text = _first_line(exc)
+    m = re.search(r"In CSV column #(\d+): CSV conversion error to \w+: invalid UTF8 data", text)
+    if m and int(m.group(1)) < len(header):
+        column = header[int(m.group(1))]
+        # Read with surrogateescape, a byte that is not UTF-8 is one lone surrogate.
+        found = _first_record(path, column, "surrogateescape", lambda v: _shown(v) != v)
+        if found is None:
+            return f"column {column!r} holds bytes that are not UTF-8 text"
+        number, row = found
+        return (f"record {number} ({_shown(row.get('processid') or '')[:40]}): column {column!r} holds "
+                f"'{_clipped(_shown(row[column]))}', which is not UTF-8 text")
     m = re.search(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'", text)
     if not m or int(m.group(1)) >= len(header):
         return text
     column, kind, value = header[int(m.group(1))], m.group(2), m.group(3)
-    where = ""
+    # pyarrow shows a byte that is not UTF-8 as U+FFFD, as errors="replace" decodes it.
+    found = _first_record(path, column, "surrogateescape", lambda v: _replaced(v) == value)
+    if found is None:
+        return f"column {column!r} holds {value!r}, which is not a valid {kind}"
+    number, row = found
+    return (f"record {number} ({_shown(row.get('processid') or '')[:40]}): column {column!r} holds "
+            f"'{_clipped(_shown(row[column]))}', which is not a valid {kind}")
+
+
+def _first_record(path: Path, column: str, errors: str, match) -> tuple[int, dict] | None:
+    """The first record (number from 1, row) whose ``column`` value satisfies ``match``, or None."""
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8", errors=errors) as f:
             for number, row in enumerate(csv.DictReader(f), start=1):
-                if row.get(column) == value:
-                    where = f"record {number} ({row.get('processid')}): "
-                    break
-    except csv.Error:
-        pass  # the value alone still names the problem
-    return f"{where}column {column!r} holds {value!r}, which is not a valid {kind}"
+                if row.get(column) is not None and match(row[column]):
+                    return number, row
+    except (csv.Error, OSError):
+        pass  # the column alone still names the problem
+    return None
+
+
+def _clipped(text: str, around: int = 24) -> str:
+    """``text`` cut to ``around`` characters either side of its first ``\\x`` escape (a barcode is long)."""
+    at = max(text.find("\\x"), 0)
+    start, end = max(at - around, 0), at + 4 + around
+    return ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+
+
+def _replaced(value: str) -> str:
+    """A value read with surrogateescape as errors="replace" would have read it."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _shown(value: str) -> str:
+    """A value read with surrogateescape, its bytes that are not UTF-8 written as ``\\xNN``."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _first_line(exc: Exception) -> str:
@@ -247,6 +292,26 @@ def _write_cache(path: Path, cache_dir: Path) -> Path:
             for batch in _batches(path):
                 writer.write_batch(batch)
     return cache
+
+
+def clear_cache(cache_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> None:
+    """Remove the metadata caches in ``cache_dir`` but ``keep``, the temporaries of killed runs,
+    and the folder itself once empty.
+
+    A cache is named after its metadata file's path, size and mtime, so one of
+    another name is of a file since changed (or another file): never read again.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return
+    sweep(cache_dir)
+    for path in cache_dir.glob("metadata-*.arrow"):
+        if keep is None or path.name != Path(keep).name:
+            path.unlink(missing_ok=True)
+    try:
+        cache_dir.rmdir()
+    except OSError:
+        pass  # not empty: the cache kept, or a file of someone else's
 
 
 def open_cached(cache: str | os.PathLike) -> pa.Table:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from . import atomic
 from .format import MANIFEST, MEMBERS, ShortShard, listed_shards, read_members, split_folder_of
 from .schema import MAX_NUCLEOTIDES, TEXT_RANKS, BioscanError
+from .wording import plural
 
 __all__ = ["MISSING_TEXT", "ContactSheet", "contact_sheet", "tile_lines"]
 
@@ -302,7 +303,7 @@ class ContactSheet:
         """One line saying what was written."""
         where = self.path or "(not saved)"
         w, h = self.image.size
-        return (f"peek: wrote {where}: {len(self.keys)} sample(s) of {self.shard} "
+        return (f"peek: wrote {where}: {plural(len(self.keys), 'sample')} of {self.shard} "
                 f"({self.columns} x {self.rows} tiles, {w} x {h} px)")
 
 
@@ -369,8 +370,9 @@ def contact_sheet(shard_or_split, n: int = 16, columns: int = 4, thumb: int = 19
 
     sheet = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    of = f" of {shard_samples}" if shard_samples is not None else ""
-    title = _fit(f"{shard.name}: first {len(samples)}{of} samples", title_font, width - 2 * _MARGIN)
+    first = f"{len(samples)} of {plural(shard_samples, 'sample')}" if shard_samples is not None \
+        else plural(len(samples), "sample")
+    title = _fit(f"{shard.name}: first {first}", title_font, width - 2 * _MARGIN)
     draw.text((_MARGIN, _MARGIN), title, font=title_font, fill=_INK)
     result = ContactSheet(sheet, str(shard), [s["__key__"] for s in samples], columns, rows,
                           shard_samples=shard_samples)
@@ -407,8 +409,11 @@ def contact_sheet(shard_or_split, n: int = 16, columns: int = 4, thumb: int = 19
 def _save_png(image: Image.Image, path: Path) -> None:
     if not path.parent.is_dir():
         raise BioscanError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise BioscanError(f"cannot write {path}: it is a folder; --out names the PNG file to write")
     try:
         with atomic.replacing(path) as tmp:
             image.save(tmp, format="PNG", optimize=True)
     except OSError as exc:
-        raise BioscanError(f"cannot write {path}: {exc}") from None
+        # The error names the temporary file beside it; the user knows only ``path``.
+        raise BioscanError(f"cannot write {path}: {exc.strerror or exc}") from None

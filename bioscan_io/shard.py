@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,11 @@ from tqdm import tqdm
 from . import atomic, storage
 from . import metadata as md
 from .format import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MEMBERS, MISSING_REPORT, RECORD_FIELDS, ShardInfo,
-                     TarSink, build_index, index_from_shard, index_name, labels_path, publish_order, read_labels,
+                     TarSink, build_index, index_from_shard, index_name, labels_path, publish_order,
                      read_manifest, sample_payloads, write_index, write_json)
 from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError, expand_split, split_folder_name
 from .sources import FolderImages, ZipImages, image_keys, image_reader, open_images
+from .wording import plural
 
 __all__ = ["DEFAULT_MAXCOUNT", "DEFAULT_MAXSIZE", "ShardSummary", "ShardOptions", "SplitPlan", "shard_split",
            "plan_split", "write_shards", "describe", "resolve_root", "plan_shards"]
@@ -74,13 +76,13 @@ class ShardSummary:
         """The closing one-line summary printed by the CLI."""
         rate = self.records / self.seconds if self.seconds > 0 else float("inf")
         text = (
-            f"{self.split}: {self.records} records in {self.shards} shard(s), "
+            f"{self.split}: {plural(self.records, 'record')} in {plural(self.shards, 'shard')}, "
             f"{self.bytes / 1e6:.1f} MB, at {self.folder} "
             f"({self.written} written, {self.reused} already done; "
             f"{self.seconds:.1f} s, {rate:,.0f} records/s)"
         )
         if self.skipped:
-            text += f"; {len(self.skipped)} record(s) without an image skipped, listed in {MISSING_REPORT}"
+            text += f"; {plural(len(self.skipped), 'record')} without an image skipped, listed in {MISSING_REPORT}"
         return text
 
 
@@ -118,6 +120,7 @@ class SplitPlan:
     names: list[str]
     fingerprint: str
     skipped: list[str]
+    labels: dict  # per rank, the sorted distinct values of the whole metadata (labels.json's "ranks")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -178,7 +181,7 @@ _TABLE: pa.Table | None = None
 _LABELS: dict | None = None
 
 
-def _init_worker(cache: str, labels: str) -> None:
+def _init_worker(cache: str, labels: dict) -> None:
     # Die with the parent: a killed bioscan-shard must not leave workers behind.
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -199,7 +202,7 @@ def write_shard(task: tuple) -> ShardInfo:
     records = table.to_pylist()
     spans = {ext: (np.empty(len(records), np.int64), np.empty(len(records), np.int64)) for ext in MEMBERS}
     with atomic.replacing(os.path.join(folder, name), sync=True) as tmp:
-        with open(tmp, "wb") as f, image_reader(images) as read_image:
+        with open(tmp, "wb") as f, image_reader(images, check=True) as read_image:
             tar = TarSink(f)
             for i, rec in enumerate(records):
                 for ext, member, payload in sample_payloads(rec, read_image(i, rec["processid"])):
@@ -276,7 +279,7 @@ def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:
 
 def _run_tasks(plan: SplitPlan, tasks, finished: dict, workers, progress: bool) -> None:
     """Write the shards not yet finished, logging each as it completes."""
-    folder, cache, labels = plan.folder, plan.cache, labels_path(plan.folder)
+    folder, cache, labels = plan.folder, plan.cache, plan.labels
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     workers = max(1, min(workers, len(tasks)))
@@ -290,21 +293,23 @@ def _run_tasks(plan: SplitPlan, tasks, finished: dict, workers, progress: bool) 
             done.flush()
             bar.update(info.count)
 
-        if workers == 1:
-            _init_tables(cache, labels)
-            for task in tasks:
-                record(write_shard(task))
-        else:
-            with multiprocessing.get_context().Pool(workers, _init_worker, (str(cache), str(labels))) as pool:
-                for info in pool.imap_unordered(write_shard, tasks):
-                    record(info)
-    bar.close()
+        try:
+            if workers == 1:
+                _init_tables(cache, labels)
+                for task in tasks:
+                    record(write_shard(task))
+            else:
+                with multiprocessing.get_context().Pool(workers, _init_worker, (str(cache), labels)) as pool:
+                    for info in pool.imap_unordered(write_shard, tasks):
+                        record(info)
+        finally:
+            bar.close()  # before an error's one line, not after it
 
 
-def _init_tables(cache, labels) -> None:
+def _init_tables(cache, labels: dict) -> None:
     global _TABLE, _LABELS
     _TABLE = md.open_cached(cache)
-    _LABELS = read_labels(Path(labels).read_text(encoding="utf-8"))
+    _LABELS = labels
 
 
 
@@ -314,8 +319,8 @@ def _init_tables(cache, labels) -> None:
 def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) -> SplitPlan:
     """Stage 1: read the metadata, locate the images, shuffle and cut the split into shards.
 
-    Also writes ``labels.json`` beside the split folders (it depends on the
-    metadata only).
+    Writes nothing but the metadata cache (``OUT/.cache/``); it first removes
+    what killed runs left in ``out``: temporaries, and caches of metadata since changed.
     """
     splits = expand_split(split)
     if options.package not in PACKAGES:
@@ -324,16 +329,20 @@ def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) ->
         raise BioscanError(f"shard bounds must be positive (maxcount={options.maxcount}, maxsize={options.maxsize})")
     root = resolve_root(root, log)
     meta_path = Path(options.metadata) if options.metadata is not None else md.find_metadata(root)
-    table = md.read_metadata(meta_path, cache_dir=out / _CACHE)
+    stem = split_folder_name(split)
+    if atomic.check_writable(out, "output folder"):  # before anything is written
+        atomic.check_writable(out / stem, "split folder")
+    source = open_images(root, options.package, options.images, options.progress)  # before minutes of metadata
+    cache_dir = out / _CACHE
+    if out.is_dir():
+        atomic.sweep(out, LABELS)
+        md.clear_cache(cache_dir, keep=md.cache_path(meta_path, cache_dir) if meta_path.is_file() else None)
+    table = md.read_metadata(meta_path, cache_dir=cache_dir)
     meta_sha = md.file_sha256(meta_path)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / LABELS, {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata_sha256": meta_sha,
-                              "ranks": md.label_values(table)})
 
     rows = md.select_rows(table, splits)
     if len(rows) == 0:
         raise BioscanError(f"split {split!r} has no records in {meta_path}")
-    source = open_images(root, options.package, options.images, options.progress)
     sizes, located = source.locate(image_keys(table, rows), options.progress)
     rows, sizes, located, skipped = _drop_missing(table, split, source, rows, sizes, located, options.skip_missing)
     lengths = pc.binary_length(table.column("dna_barcode").take(pa.array(rows)))
@@ -342,14 +351,13 @@ def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) ->
     order = np.random.default_rng(options.seed).permutation(len(rows))  # every shard a mix of taxa
     rows, located = rows[order], located[order]
     slices = plan_shards((sizes + dna_bytes)[order] + _SAMPLE_OVERHEAD, options.maxcount, options.maxsize)
-    stem = split_folder_name(split)
     fingerprint = _fingerprint(
         metadata_sha256=meta_sha, split=splits, package=options.package, seed=options.seed,
         maxcount=options.maxcount, maxsize=options.maxsize, plan=[rows[s] for s in slices],
     )
-    return SplitPlan(split, splits, root, out / stem, meta_path, meta_sha, md.cache_path(meta_path, out / _CACHE),
+    return SplitPlan(split, splits, root, out / stem, meta_path, meta_sha, md.cache_path(meta_path, cache_dir),
                      source, rows, located, slices, [f"{stem}-{i:06d}.tar" for i in range(len(slices))],
-                     fingerprint, skipped)
+                     fingerprint, skipped, md.label_values(table))
 
 
 def _drop_missing(table, split, source, rows, sizes, located, skip_missing: bool) -> tuple:
@@ -367,6 +375,11 @@ def _drop_missing(table, split, source, rows, sizes, located, skip_missing: bool
             f"{len(pids)} record(s) of split {split!r} have no image in {source.where()}: {shown} "
             "(pass --skip-missing to shard without them; they are then listed in a report)"
         )
+    if missing.all():  # skipping every record would "succeed" with 0 shards: surely not what was meant
+        raise BioscanError(
+            f"split {split!r} would be empty: none of its {len(pids)} record(s) has an image in {source.where()} "
+            "(wrong --package or --images?); an empty split is not written, even with --skip-missing"
+        )
     return rows[~missing], sizes[~missing], located[~missing], sorted(pids)
 
 
@@ -376,9 +389,9 @@ def write_shards(plan: SplitPlan, options: ShardOptions) -> tuple[list[ShardInfo
     _prepare_folder(folder, plan.fingerprint, options.overwrite)
     write_json(folder / _PLAN, {"fingerprint": plan.fingerprint, "shards": plan.counts})
     if plan.skipped:
-        (folder / MISSING_REPORT).write_text("".join(p + "\n" for p in plan.skipped))
-    labels = read_labels(labels_path(folder).read_text(encoding="utf-8"))
-    finished = _finished(folder, plan.fingerprint, plan.counts, labels)
+        with atomic.atomic_open(folder / MISSING_REPORT, "w", encoding="utf-8") as f:
+            f.write("".join(p + "\n" for p in plan.skipped))
+    finished = _finished(folder, plan.fingerprint, plan.counts, plan.labels)
     tasks = [
         (str(folder), name, plan.rows[s], plan.source.task_images(plan.located[s]))
         for name, s in zip(plan.names, plan.slices)
@@ -389,7 +402,10 @@ def write_shards(plan: SplitPlan, options: ShardOptions) -> tuple[list[ShardInfo
 
 
 def describe(plan: SplitPlan, shards: list[ShardInfo], options: ShardOptions) -> dict:
-    """Stage 3: write the split's ``manifest.json``, then remove the run's own files."""
+    """Stage 3: write ``labels.json`` beside the split folder, the split's ``manifest.json``,
+    then remove the run's own files (the run log, the metadata cache)."""
+    write_json(labels_path(plan.folder), {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                          "metadata_sha256": plan.meta_sha, "ranks": plan.labels})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -413,12 +429,7 @@ def describe(plan: SplitPlan, shards: list[ShardInfo], options: ShardOptions) ->
     write_json(plan.folder / MANIFEST, manifest)
     for path in (plan.folder / _DONE, plan.folder / _PLAN):
         path.unlink(missing_ok=True)
-    # The memory-mapped copy is cheap to rebuild and as large as the CSV.
-    plan.cache.unlink(missing_ok=True)
-    try:
-        plan.cache.parent.rmdir()
-    except OSError:
-        pass
+    md.clear_cache(plan.cache.parent)  # the memory-mapped copy is cheap to rebuild and as large as the CSV
     return manifest
 
 
@@ -492,10 +503,11 @@ def shard_split(
     Raises
     ------
     BioscanError
-        On a missing root or metadata, an unknown split or package, bad metadata,
-        a missing, truncated or corrupt zip archive, records without an image
-        (unless ``skip_missing``), or a folder holding another run's shards
-        (unless ``overwrite``).
+        On a missing root or metadata, an unknown split or package, bad metadata, no
+        image source, a bad zip archive, records without an image (unless ``skip_missing``,
+        and always when none has one), an image that is not a JPEG, an output folder that
+        cannot be written, or one holding another run's shards (unless ``overwrite``).
+        ``out`` is left as found, but for the shards finished (the rerun reuses them).
     """
     options = ShardOptions(package, metadata, images, maxcount, maxsize, seed, workers, skip_missing, overwrite,
                            progress)
@@ -508,19 +520,55 @@ def shard_split(
     uploaded = storage.publish(publish_order(local, name), str(out), storage_options)
     summary.folder = str(out) if str(out).startswith("pipe:") else storage.join(str(out), name)
     shards = sum(1 for n in uploaded if n.endswith(".tar"))
-    log(f"uploaded {shards} shard(s) of {summary.shards} to {summary.folder}")
+    log(f"uploaded {plural(shards, 'shard')} of {summary.shards} to {summary.folder}")
     shutil.rmtree(local / name, ignore_errors=True)
     return summary
 
 
 def _shard_local(root, split: str, out: Path, options: ShardOptions, log) -> ShardSummary:
-    """:func:`shard_split` into a local folder: the three stages."""
+    """:func:`shard_split` into a local folder: the three stages.
+
+    A run that fails leaves ``out`` as it found it, but for the shards it
+    finished (:func:`_undo`); a file system error is a BioscanError naming the path.
+    """
     started = time.perf_counter()
-    plan = plan_split(root, split, out, options, log)
-    shards, written = write_shards(plan, options)
-    describe(plan, shards, options)
+    folder = out / split_folder_name(split)
+    created = atomic.missing_folders(folder)
+    try:
+        plan = plan_split(root, split, out, options, log)
+        shards, written = write_shards(plan, options)
+        describe(plan, shards, options)
+    except BaseException as exc:  # Ctrl-C too: only a kill may leave litter, and the next run sweeps it
+        _undo(out, folder, created)
+        if isinstance(exc, OSError):
+            path = exc.filename2 or exc.filename  # a rename's target: its source is a temporary
+            where = f"{path}: " if path else ""
+            cause = (exc.strerror or str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise BioscanError(f"sharding into {out} failed: {where}{cause}") from None
+        raise
     return ShardSummary(
         split=split, folder=str(plan.folder), records=int(len(plan.rows)), shards=len(shards),
         bytes=sum(s.bytes for s in shards), written=written, reused=len(shards) - written,
         skipped=plan.skipped, seconds=time.perf_counter() - started,
     )
+
+
+def _undo(out: Path, folder: Path, created: list[Path]) -> None:
+    """After a failed or interrupted run: remove what it made that a rerun does not reuse.
+
+    Shards it finished stay, with the run log that names them, so that the rerun
+    resumes (as after a kill); temporaries, the metadata cache, a run log
+    without shards and the folders this run created and left empty go. Never
+    raises: the error that stopped the run is the one to report.
+    """
+    with suppress(OSError):
+        if folder.is_dir():
+            atomic.sweep(folder)  # the temporaries of writers stopped mid-shard
+            if not any(folder.glob("*.tar")):
+                for name in (_PLAN, _DONE, MISSING_REPORT):
+                    (folder / name).unlink(missing_ok=True)
+    with suppress(OSError):
+        md.clear_cache(out / _CACHE)
+    for path in created:
+        with suppress(OSError):
+            path.rmdir()  # fails when not empty: it holds something worth keeping

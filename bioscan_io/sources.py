@@ -25,11 +25,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from .schema import (ARCHIVE_IMAGES_PREFIX, DATASET_DIR, IMAGE_ARCHIVE_PATTERN, IMAGES_DIR, BioscanError,
-                     image_subpath)
+from .images import EOI_SLACK, has_eoi
+from .schema import (ARCHIVE_IMAGES_PREFIX, DATASET_DIR, IMAGE_ARCHIVE_PATTERN, IMAGE_ARCHIVE_STEM, IMAGES_DIR,
+                     BioscanError, image_subpath)
 
-__all__ = ["FolderImages", "ZipImages", "open_images", "find_archives", "image_keys", "image_sizes",
-           "index_archive", "image_reader"]
+__all__ = ["FolderImages", "ZipImages", "open_images", "find_archives", "archive_names", "image_keys",
+           "image_sizes", "index_archive", "image_reader", "check_jpeg"]
+
+#: The bytes every JPEG starts with: the start-of-image marker, then the next marker's FF.
+JPEG_SOI = b"\xff\xd8\xff"
+
 
 def image_sizes(paths: list[str], progress: bool) -> np.ndarray:
     """Byte size of each image, -1 where the file is missing."""
@@ -155,11 +160,15 @@ def open_images(root: Path, package: str, images=None, progress: bool = False) -
     if images is not None:
         return _given_images(images, package, progress)
     folder = root / IMAGES_DIR / package
-    if not folder.is_dir():
-        archives = find_archives(root, package)
-        if archives:
-            return ZipImages(archives, package, progress)
-    return FolderImages(folder)
+    if folder.is_dir():
+        return FolderImages(folder)
+    archives = find_archives(root, package)
+    if not archives:
+        raise BioscanError(
+            f"no images of package {package!r}: no folder {folder}, and no archive named {archive_names(package)} "
+            f"in {root} or {root / DATASET_DIR} (download the package, or pass --images)"
+        )
+    return ZipImages(archives, package, progress)
 
 
 def find_archives(root: Path, package: str) -> list[Path]:
@@ -171,6 +180,12 @@ def find_archives(root: Path, package: str) -> list[Path]:
         if folder.is_dir():
             found += sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file())
     return found
+
+
+def archive_names(package: str) -> str:
+    """The names :func:`find_archives` looks for, for messages (``IMAGE_ARCHIVE_PATTERN`` in words)."""
+    stem = IMAGE_ARCHIVE_STEM.format(package=package)
+    return f"{stem}.zip, {stem}.NN.zip or {stem}_{{train,eval,pretrain}}[.NN].zip"
 
 
 def _given_images(images, package: str, progress: bool) -> FolderImages | ZipImages:
@@ -393,17 +408,50 @@ def _read_member(archives: _Archives, member: tuple, pid: str) -> bytes | memory
     return data
 
 
+def check_jpeg(data, pid: str, where: str):
+    """``data``, if it looks like a whole JPEG: the start-of-image marker first, the end-of-image one last.
+
+    Two slices, no decoding: a PNG, a text file or a cut download is refused at
+    sharding time, naming the record and ``where`` its image came from, instead
+    of failing in a training run much later.
+
+    Raises
+    ------
+    BioscanError
+        If the bytes are not those of a JPEG.
+    """
+    if bytes(data[:3]) != JPEG_SOI:
+        start = bytes(data[:8]).hex(" ") or "nothing: the file is empty"
+        raise BioscanError(f"the image of record {pid} is not a JPEG: {where} starts with {start}, "
+                           f"not the JPEG start-of-image marker {JPEG_SOI.hex(' ')}")
+    if not has_eoi(bytes(data[-EOI_SLACK:])):  # the tail only: data may be a memoryview of the archive
+        raise BioscanError(f"the image of record {pid} is not a whole JPEG: {where} ({len(data)} bytes) does not "
+                           "end with the JPEG end-of-image marker ff d9 (cut short?)")
+    return data
+
+
 @contextmanager
-def image_reader(images: tuple):
-    """``read(i, pid)``: the i-th image of a shard task, from its folder or its archives."""
+def image_reader(images: tuple, check: bool = False):
+    """``read(i, pid)``: the i-th image of a shard task, from its folder or its archives.
+
+    ``check=True`` refuses bytes that are not a JPEG (:func:`check_jpeg`).
+    """
     if images[0] == "folder":
         paths = images[1]
-        yield lambda i, pid: _read_image(paths[i], pid)
+        if check:
+            yield lambda i, pid: check_jpeg(_read_image(paths[i], pid), pid, paths[i])
+        else:
+            yield lambda i, pid: _read_image(paths[i], pid)
         return
     _, paths, located = images
     members = located.tolist()  # plain tuples: field access on numpy records is slow
     archives = _Archives(paths)
+
+    def read(i: int, pid: str):
+        data = _read_member(archives, members[i], pid)
+        return check_jpeg(data, pid, f"its member in zip archive {paths[members[i][0]]}") if check else data
+
     try:
-        yield lambda i, pid: _read_member(archives, members[i], pid)
+        yield read
     finally:
         archives.close()

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .format import MANIFEST, listed_shards, parse_records, read_members, split_folder_of
 from .schema import MAX_NUCLEOTIDES, RANKS, SPLITS, BioscanError
+from .wording import plural
 
 __all__ = ["PERCENTILES", "LENGTH_BINS", "SplitSummary", "summary_folder", "split_summary"]
 
@@ -98,15 +99,14 @@ class SplitSummary:
         def pct(k: int, total: int) -> str:
             return f"{100 * k / total:5.1f}%" if total else "    -"
 
-        shards = f"{self.shards} shard" + ("s" if self.shards != 1 else "")
-        out = [f"{self.split}: {self.samples:,} samples in {shards} ({self.folder})"]
+        out = [f"{self.split}: {plural(self.samples, 'sample')} in {plural(self.shards, 'shard')} ({self.folder})"]
         if len(self.splits) > 1:
             out.append("  by split: " + ", ".join(f"{s} {k:,}" for s, k in self.splits.items()))
         out += ["", f"{'rank':<11}{'with a value':>19}{'distinct':>11}"]
         for rank in RANKS:
             k = self.with_value.get(rank, 0)
             out.append(f"{rank:<11}{k:>12,} {pct(k, self.samples)}{self.distinct.get(rank, 0):>11,}")
-        out += ["", f"barcode length (bp), {len(self.lengths):,} barcodes"]
+        out += ["", f"barcode length (bp), {plural(len(self.lengths), 'barcode')}"]
         stats = self.percentiles()
         if stats:
             names = ["min", *(f"p{q}" for q in PERCENTILES), "max"]

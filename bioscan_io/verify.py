@@ -17,7 +17,8 @@ each a small function below that returns (or yields) :class:`Problem` objects:
    equal byte for byte to its source file.
 
 Only the set of keys seen and one shard's JSON records are held in memory; image
-payloads are checked (and hashed, for ``images=True``) as they stream past.
+payloads are checked (and hashed, for ``images=True``) as they stream past. What
+is reported (the problem kinds, the report and its wording) is ``verify_report``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,118 +38,14 @@ from tqdm import tqdm
 
 from . import metadata as md
 from .format import (MANIFEST, MEMBERS, MISSING_REPORT, Sample, TarReader, index_problems, is_count,
-                     manifest_problems, read_manifest, shard_entries)
+                     manifest_problems, read_manifest, scan, shard_entries)
 from .images import EOI_SLACK, has_eoi
 from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
 from .sources import image_reader, open_images
+from .verify_report import KINDS, Problem, VerifyReport
+from .wording import os_error_text, plural
 
 __all__ = ["KINDS", "Problem", "VerifyReport", "verify_split", "verify_shard"]
-
-#: Every problem kind, and what it means; the README's table is this dict.
-KINDS = {
-    "bad_manifest": "manifest.json is not a well-formed bioscan-io manifest (format, version, keys, shard entries)",
-    "missing_shard": "a shard the manifest lists is not in the folder",
-    "extra_shard": "a *.tar file in the folder that the manifest does not list",
-    "size_mismatch": "a shard's byte size differs from the manifest's",
-    "sha256_mismatch": "a shard's sha256 differs from the manifest's (same size: bytes changed in place)",
-    "count_mismatch": "a shard holds another number of samples than the manifest says, "
-                      "or the manifest's counts do not add up to num_samples",
-    "truncated_tar": "a shard ends early: cut inside a member or header, or without the end-of-archive marker",
-    "corrupt_tar": "a shard holds an unreadable tar header or data after its end-of-archive marker",
-    "missing_member": "a sample lacks its .dna, .jpg or .json member",
-    "extra_member": "a sample has a member other than .dna/.jpg/.json, or one of them twice",
-    "bad_json": "a sample's .json is not UTF-8 JSON holding an object",
-    "key_mismatch": "a sample's .json processid differs from the sample key",
-    "dna_mismatch": "a sample's .dna differs from its .json dna_barcode (empty when null)",
-    "bad_jpeg": "a sample's .jpg does not start with the JPEG SOI marker (FF D8) or end with EOI (FF D9)",
-    "duplicate_sample": "a key appears twice, in one shard or across shards",
-    "missing_record": "a record of the split(s) is in no shard (and not listed as skipped for a missing image)",
-    "unknown_record": "a sample is not a record of the manifest's split(s) in the metadata",
-    "field_mismatch": "a .json field differs from the metadata row (value or type), or a column is missing or extra",
-    "metadata_changed": "the metadata's sha256 differs from the one the shards were made from",
-    "image_mismatch": "(--images) a .jpg differs from its source image file, or the source file is missing",
-    "missing_index": "(format version 2) a shard's index is not listed in the manifest or not in the folder",
-    "index_mismatch": "a shard's index differs from the manifest (bytes, sha256) or from what the shard and the "
-                      "metadata say (offsets, barcodes, ranks, label indices)",
-}
-
-_HUMAN_LIMIT = 20
-
-
-@dataclass
-class Problem:
-    """One thing wrong, located as precisely as the check allows."""
-
-    kind: str
-    shard: str | None = None
-    key: str | None = None
-    detail: str = ""
-
-    def __post_init__(self):
-        # Scripts branch on the kind, so an undocumented one is a bug here, not there.
-        assert self.kind in KINDS, self.kind
-
-    def line(self) -> str:
-        """The problem as one human-readable line."""
-        where = " ".join(x for x in (self.shard, self.key) if x)
-        return f"{self.kind}: {where + ': ' if where else ''}{self.detail}"
-
-
-@dataclass
-class VerifyReport:
-    """The outcome of :func:`verify_split`.
-
-    Attributes
-    ----------
-    folder : str
-        The split folder verified.
-    samples : int
-        Samples read from the shards (a duplicated key counts twice).
-    shards : int
-        Shards read (listed in the manifest and present).
-    problems : list of Problem
-        Everything found wrong, in the order found.
-    metadata : str or None
-        The metadata file the shards were compared with.
-    """
-
-    folder: str
-    samples: int = 0
-    shards: int = 0
-    problems: list = field(default_factory=list)
-    metadata: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
-
-    def to_dict(self) -> dict:
-        """The JSON object ``bioscan-io verify --json`` prints."""
-        return {
-            "folder": self.folder,
-            "ok": self.ok,
-            "samples": self.samples,
-            "shards": self.shards,
-            "metadata": self.metadata,
-            "problems": [asdict(p) for p in self.problems],
-        }
-
-    def lines(self, limit: int = _HUMAN_LIMIT) -> list[str]:
-        """The human summary: problem lines (at most ``limit``), counts per kind, a closing line."""
-        out = [p.line() for p in self.problems[:limit]]
-        if len(self.problems) > limit:
-            out.append(f"... and {len(self.problems) - limit} more")
-        if self.ok:
-            out.append(f"verify: {self.folder}: OK ({self.samples} samples in {self.shards} shards)")
-        else:
-            counts: dict[str, int] = {}
-            for p in self.problems:
-                counts[p.kind] = counts.get(p.kind, 0) + 1
-            if len(self.problems) > limit:
-                out.append("by kind: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
-            out.append(f"verify: {self.folder}: {len(self.problems)} problem(s)")
-        return out
 
 
 # ----------------------------------------------------------------------------- 1. manifest and files
@@ -498,14 +394,38 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
     Raises
     ------
     BioscanError
-        If the folder or its manifest is missing or not JSON, or the metadata (or,
+        If the folder or its manifest is missing, not a folder, unreadable or not
+        JSON, a shard or index cannot be opened (permissions), or the metadata (or,
         with ``images=True``, the dataset root) cannot be found or read.
     """
-    folder = Path(folder)
+    try:
+        return _verify(split_folder(folder), root, metadata, images, progress)
+    except OSError as exc:
+        # A file or folder the run may not open (permissions, a file where a folder
+        # should be) is the user's to fix, not damage in the shards: one line, no report.
+        raise BioscanError(f"cannot read {os_error_text(exc)}") from None
+
+
+def split_folder(path) -> Path:
+    """The split folder verify was given (its manifest stands for it), checked to be a folder it can list."""
+    folder = Path(path)
     if folder.is_file() and folder.name == MANIFEST:
         folder = folder.parent
-    if not folder.is_dir():
+    if not folder.exists():
         raise BioscanError(f"split folder not found: {folder}")
+    if not folder.is_dir():
+        what = "a shard (a .tar file)" if folder.suffix == ".tar" else "a file" if folder.is_file() else "not a folder"
+        hint = f", such as {folder.parent}" if (folder.parent / MANIFEST).is_file() else ""
+        raise BioscanError(f"{folder} is {what}: verify checks a split folder, holding manifest.json "
+                           f"and the shards it lists{hint}")
+    try:
+        os.listdir(folder)  # the check for unlisted shards globs it, and a glob hides a folder it cannot read
+    except OSError as exc:
+        raise BioscanError(f"cannot read split folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _verify(folder: Path, root, metadata, images: bool, progress: bool) -> VerifyReport:
     manifest = read_manifest(folder)
     report = VerifyReport(folder=str(folder))
     problems = report.problems
@@ -529,18 +449,42 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
 
     present = [e for e in entries if (folder / e["name"]).is_file()]
     seen: dict[str, str] = {}
-    bar = tqdm(total=sum((folder / e["name"]).stat().st_size for e in present), unit="B", unit_scale=True,
-               desc=f"verifying {folder.name}", disable=not progress, file=sys.stderr)
-    for entry in present:
-        problems += verify_shard(folder / entry["name"], entry, records, seen, report, image_source)
-        report.shards += 1
-        bar.update((folder / entry["name"]).stat().st_size)
-    bar.close()
+    with tqdm(total=sum((folder / e["name"]).stat().st_size for e in present), unit="B", unit_scale=True,
+              desc=f"verifying {folder.name}", disable=not progress, file=sys.stderr) as bar:
+        for entry in present:
+            problems += verify_shard(folder / entry["name"], entry, records, seen, report, image_source)
+            report.shards += 1
+            bar.update((folder / entry["name"]).stat().st_size)
 
     if records.splits:
         problems += check_missing(seen, records, manifest)
     problems += check_skipped(folder, seen, manifest)
+    problems += check_empty(manifest, entries, present, report)
     return report
+
+
+def check_empty(manifest: dict, entries: list[dict], present: list[dict], report: VerifyReport) -> list[Problem]:
+    """A split of no sample: every other check may pass, but there is nothing to load.
+
+    Not when a shard is missing or an entry malformed: those problems already say
+    why nothing was read.
+    """
+    listed = manifest.get("shards")
+    if report.samples or len(present) < len(entries) or not isinstance(listed, list) or len(listed) > len(entries):
+        return []
+    n = len(entries)
+    where = "the manifest lists no shard" if not n else \
+        f"its {plural(n, 'shard')} {'holds' if n == 1 else 'hold'} no sample"
+    return [Problem("empty_split", detail=f"an empty split: {where}, so a loader has nothing to read")]
+
+
+class _Kept:
+    """What the metadata checks need of one shard's samples (each key once)."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self.jsons: list[tuple[str, dict]] = []
+        self.digests: list[tuple[str, int, str]] = []
 
 
 def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str], report: VerifyReport,
@@ -548,46 +492,78 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
     """All the checks of one shard, reading it once from start to end."""
     shard = entry["name"]
     problems: list[Problem] = []
-    reader = TarReader(path, name=shard, hash=True)
-    keys: list[str] = []
-    jsons: list[tuple[str, dict]] = []
-    digests: list[tuple[str, int, str]] = []
+    reader = TarReader(path, name=str(path), hash=True)
+    kept = _Kept()
     read = 0
     for sample in reader.samples():
         read += 1
-        problems += check_members(sample, shard)
-        record, bad = parse_json(sample, shard)
-        problems += bad
-        if record is not None:
-            problems += check_key(sample, record, shard)
-            problems += check_dna(sample, record, shard)
-        problems += check_jpeg(sample, shard)
-        duplicate = check_duplicate(sample, shard, seen)
-        problems += duplicate
-        if duplicate:
-            continue  # compared with the metadata the first time it was read
-        keys.append(sample.key)
-        if record is not None:
-            jsons.append((sample.key, record))
-        if images is not None and sample.payload("jpg") is not None:
-            jpg = sample.payload("jpg")
-            digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()))
-    report.samples += read
-
-    if reader.fault is not None:
-        fault = reader.fault
-        problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=fault.key, detail=fault.detail))
+        problems += check_sample(sample, shard, seen, kept, images is not None)
+    fault = reader.fault
+    if fault is not None:
+        key = fault.key
+        whole = whole_sample_at_fault(path, read, key)
+        if whole is not None:
+            read += 1
+            problems += check_sample(whole, shard, seen, kept, images is not None)
+            key = None  # the fault follows this sample; it lies in none
+        problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=key, detail=fault.detail))
     else:  # a walk cut short would only repeat the tar problem as a count
         problems += check_count(entry, read)
-    sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and reader.fault is None
+    report.samples += read
+
+    sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and fault is None
     if path.stat().st_size == entry["bytes"]:
         problems += check_sha256(entry, reader.sha256)
     if records.splits:
-        problems += check_unknown(keys, records, shard)
-    problems += check_fields(jsons, records, shard)
+        problems += check_unknown(kept.keys, records, shard)
+    problems += check_fields(kept.jsons, records, shard)
     if records.indexed:
         problems += [Problem(kind, shard, detail=detail)
                      for kind, detail in index_problems(path.parent, entry, records.labels, sound)]
     if images is not None:
-        problems += check_images(digests, records, images, shard)
+        problems += check_images(kept.digests, records, images, shard)
     return problems
+
+
+def check_sample(sample: Sample, shard: str, seen: dict[str, str], kept: _Kept, digest: bool) -> list[Problem]:
+    """The checks of one sample read from a shard; what the metadata checks need goes to ``kept``."""
+    problems = check_members(sample, shard)
+    record, bad = parse_json(sample, shard)
+    problems += bad
+    if record is not None:
+        problems += check_key(sample, record, shard)
+        problems += check_dna(sample, record, shard)
+    problems += check_jpeg(sample, shard)
+    duplicate = check_duplicate(sample, shard, seen)
+    if duplicate:
+        return problems + duplicate  # compared with the metadata the first time it was read
+    kept.keys.append(sample.key)
+    if record is not None:
+        kept.jsons.append((sample.key, record))
+    jpg = sample.payload("jpg")
+    if digest and jpg is not None:
+        kept.digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()))
+    return problems
+
+
+def whole_sample_at_fault(path: Path, index: int, key: str | None) -> Sample | None:
+    """Sample ``index`` of the shard, the one a fault stopped ``TarReader`` in, if it is whole.
+
+    At a header that does not parse (or a cut there), ``tarfile`` cannot tell
+    whether the sample in progress had ended, so ``TarReader`` drops it. The
+    loader's header walk delivers it when the members it reads all precede the
+    fault; verify asks that same walk, and counts and checks the sample when its
+    ``.dna``, ``.jpg`` and ``.json`` are all whole, so that verify and
+    ``make_loader(..., on_error="skip")`` lose the same samples. None when a
+    member is missing or cut (the sample is lost to the fault), or when the walk
+    cannot read the shard's headers (pax: the Python reader's answer stands).
+    """
+    found = scan(str(path), index, index + 1, MEMBERS) if key is not None else None
+    if found is None:
+        return None
+    with found:
+        keys, values, present = found.gather()
+        if found.n != 1 or keys[0].as_py() != key or not all(present[ext][0] for ext in MEMBERS):
+            return None
+        start = min(int(found.spans()[ext][0][0]) for ext in MEMBERS) - 512  # the first member's header
+        return Sample(key, start, [(ext, values[ext][0].as_py()) for ext in MEMBERS])

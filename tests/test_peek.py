@@ -314,7 +314,7 @@ def test_cli_writes_the_sheet_and_prints_the_summary(shards, tmp_path):
                              "--out", str(png), "--palette", "--no-progress"),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert f"peek: wrote {png}: 4 sample(s)" in run.stdout and "(2 x 2 tiles" in run.stdout
+    assert f"peek: wrote {png}: 4 samples" in run.stdout and "(2 x 2 tiles" in run.stdout
     assert "rank" in run.stdout and "barcode length (bp)" in run.stdout
     with Image.open(png) as img:
         assert img.mode == "P"

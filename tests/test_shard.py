@@ -355,7 +355,7 @@ def test_shards_written_through_a_pipe_command(dataset_small, tmp_path):
     messages = []
     summary = shard_split(dataset_small, "val", out=url, maxcount=10, staging=tmp_path / "staging",
                           progress=False, log=messages.append)
-    assert summary.folder == url and any(m.startswith("uploaded 2 shard(s) of 2") for m in messages), messages
+    assert summary.folder == url and any(m.startswith("uploaded 2 shards of 2") for m in messages), messages
     for path in sorted((local / "val").glob("*.tar")) + sorted((local / "val").glob("*.idx.arrow")) + \
             [local / "val" / MANIFEST, local / LABELS]:
         assert (target / path.relative_to(local)).read_bytes() == path.read_bytes()

@@ -266,7 +266,7 @@ def test_truncated_shard(split):
     proc = run_verify(str(split))
     assert proc.returncode == 1
     assert any(line.startswith(f"truncated_tar: {path.name}") for line in proc.stdout.splitlines()), proc.stdout
-    assert proc.stdout.strip().splitlines()[-1].endswith("problem(s)")
+    assert proc.stdout.strip().splitlines()[-1].endswith(" problems")
 
 
 def test_shard_cut_on_a_member_boundary_lacks_its_end_marker(split):
@@ -365,7 +365,7 @@ def test_missing_shard_and_human_output_is_capped(split):
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith(f"missing_shard: {path.name}")
     assert f"... and {len(report.problems) - 20} more" in lines
-    assert lines[-1] == f"verify: {split}: {len(report.problems)} problem(s)"
+    assert lines[-1] == f"verify: {split}: {len(report.problems)} problems"
 
 
 def test_sample_of_another_split_is_unknown(split, dataset_small):

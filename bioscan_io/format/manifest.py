@@ -81,7 +81,11 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         path = path / MANIFEST
     if not path.is_file():
         raise BioscanError(f"no shard manifest at {path}")
-    return parse_manifest(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # unreadable (permissions), or gone since
+        raise BioscanError(f"cannot read the shard manifest {path}: {exc.strerror or exc}") from None
+    return parse_manifest(text, path)
 
 
 def split_folder_of(path: str | os.PathLike) -> Path | None:

@@ -171,7 +171,7 @@ def _walk(mm: mmap.mmap, name: str, start: int, stop: int, exts):
                 return None, 0, None
             if status != _tar.Status.OK:
                 last = bytes(buf[rows[got - 1, 0]:rows[got - 1, 1]]).decode(errors="replace") if got else None
-                error = _fault(buf, name, status, offset, last)
+                error = _fault(buf, name, status, offset, last, start)
             elif got < want:
                 error = ShortShard(f"shard {name} ends after sample {start + got}; expected at least {stop} samples")
             found[ext], n = rows, min(n, got)
@@ -180,12 +180,16 @@ def _walk(mm: mmap.mmap, name: str, start: int, stop: int, exts):
         del buf  # release the map's buffer, so that it can close
 
 
-def _fault(buf: np.ndarray, name: str, status: int, offset: int, last: str | None) -> ShardError:
+def _fault(buf: np.ndarray, name: str, status: int, offset: int, last: str | None, start: int) -> ShardError:
     """The fault at ``offset``, placed by the last good sample (a damaged header's own name may be wrong)."""
     what = _tar.STATUS[status]
     if offset == 0:
         return ShardError(f"{name} is not a tar shard ({what} at byte 0)", f"{what} at byte 0")
-    detail = f"{what} at byte {offset}, " + (f"after sample {last}" if last else "before the first sample read")
+    if last is not None:
+        place = f"after sample {last}"
+    else:  # the walk had not reached a whole sample of the range asked for
+        place = f"at or before sample number {start} of the shard" if start else "in the first sample"
+    detail = f"{what} at byte {offset}, {place}"
     return ShardError(f"shard {name}: {detail}", detail)
 
 
