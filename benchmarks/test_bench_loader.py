@@ -46,9 +46,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,39 +57,23 @@ from rounds import LoaderEpochs, fmt, paired, run_interleaved
 from test_bench_images import OurLoader, PureDecodeAugment
 
 STRICT = os.environ.get("BIOSCAN_BENCH_STRICT", "") not in ("", "0")
-N_RECORDS = int(os.environ.get("BIOSCAN_BENCH_RECORDS", "20000"))
 ROUNDS = int(os.environ.get("BIOSCAN_BENCH_ROUNDS", "5"))
 BATCH, PASSES, IMAGE_SHARDS = 256, 5, 4
-SMOKE_RECORDS = 600
 
 
 @pytest.fixture(scope="module")
-def smoke(request) -> bool:
-    return bool(request.config.getoption("benchmark_disable", False))
-
-
-@pytest.fixture(scope="module")
-def data(smoke):
-    """Generated records: their shards, the whole records as Parquet, and the JPEG bytes of the image part."""
-    from bioscan_io import synth
+def data(loader_split):
+    """The generated split (conftest.loader_split), and its whole records as Parquet with the JPEG bytes."""
     from bioscan_io.metadata import read_metadata
     from bioscan_io.schema import METADATA_CSV, image_relpath
-    from bioscan_io.shard import shard_split
 
-    n = SMOKE_RECORDS if smoke else N_RECORDS
-    base = Path(tempfile.mkdtemp(prefix="bioscan-bench-loader-"))
-    root, out = base / "root", base / "shards"
-    synth.generate(root, n_records=n, seed=5, workers=2)
-    shard_split(root, "all", out=out, maxcount=min(1000, -(-n // 4)), progress=False, log=lambda m: None)
+    root, base = loader_split["root"], loader_split["base"]
     table = read_metadata(root / METADATA_CSV)
     cols = {c: table.column(c).to_pylist() for c in ("processid", "split", "chunk")}
     paths = [root / image_relpath(p, s, c) for p, s, c in zip(cols["processid"], cols["split"], cols["chunk"])]
     records = table.append_column("image", pa.array([p.read_bytes() for p in paths], pa.binary()))
     pq.write_table(records, base / "records.parquet")
-    shards = sorted(glob.glob(str(out / "all" / "*.tar")))
-    yield {"n": n, "base": base, "split": out / "all", "shards": shards, "parquet": base / "records.parquet",
-           "smoke": smoke}
-    shutil.rmtree(base, ignore_errors=True)
+    return dict(loader_split, parquet=base / "records.parquet")
 
 
 def _rounds(smoke: bool) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Segment", "shard_order", "rank_range", "batches_per_rank", "segments", "RankStream", "Remainder",
-           "Phase", "rank_stream", "Item", "items"]
+           "Phase", "rank_stream", "Item", "items", "item_bounds"]
 
 
 @dataclass(frozen=True)
@@ -273,10 +273,25 @@ def items(stream, batch_size: int, drop_last: bool, group: int, start: int, work
     """Worker ``worker``'s items: batches ``start, start + 1, ...`` of ``stream`` in groups, every ``num_workers``-th."""
     length = len(stream)
     total = n_batches(length, batch_size, drop_last)
-    for i, first in enumerate(range(start, total, group)):
+    for i, (first, last) in enumerate(item_bounds(start, total, group, num_workers)):
         if i % num_workers != worker:
             continue
-        last = min(first + group, total)
         lo, hi = first * batch_size, min(last * batch_size, length)
         sizes = [min(batch_size, length - b * batch_size) for b in range(first, last)]
         yield Item(sizes, *stream.positions(lo, hi))
+
+
+def item_bounds(start: int, total: int, group: int, num_workers: int) -> list[tuple[int, int]]:
+    """``(first, last)`` batches of each item: ``group`` at a time, the last round shared out evenly.
+
+    The items only say which worker makes which batches, never what a batch
+    holds, so sharing out the last round (which would otherwise leave a short
+    epoch's tail to one worker) keeps the batches canonical.
+    """
+    out, first = [], start
+    while total - first >= num_workers * group:
+        out += [(first + j * group, first + (j + 1) * group) for j in range(num_workers)]
+        first += num_workers * group
+    left = total - first
+    cuts = [first + j * left // num_workers for j in range(num_workers + 1)]
+    return out + [(a, z) for a, z in zip(cuts, cuts[1:]) if z > a]

@@ -290,3 +290,15 @@ def test_remainder_is_what_was_not_yielded_cut_again():
                                                    s.positions(0, len(s))[2]) if not pad]
     assert got == left  # in rank order, nothing lost, nothing added
     assert len({len(s) for s in new}) == 1 and sum(len(s) - s.real for s in new) == 3 * -(-len(left) // 3) - len(left)
+
+
+@pytest.mark.parametrize("start,total,group,workers", [(0, 20, 16, 2), (0, 40, 16, 2), (3, 41, 4, 3), (0, 1, 16, 4),
+                                                       (5, 5, 16, 2), (0, 79, 16, 1)])
+def test_items_cover_the_batches_in_order_and_share_out_the_tail(start, total, group, workers):
+    from bioscan_io.plan import item_bounds
+
+    bounds = item_bounds(start, total, group, workers)
+    assert [b for a, z in bounds for b in range(a, z)] == list(range(start, total))
+    assert all(0 < z - a <= group for a, z in bounds)
+    made = [sum(z - a for i, (a, z) in enumerate(bounds) if i % workers == w) for w in range(workers)]
+    assert max(made) - min(made) <= 1  # no worker left with the whole tail
