@@ -112,7 +112,9 @@ class EpochStream(IterableDataset):
         stages = [
             lambda: plan.items(stream, self.batch_size, self.drop_last, self.group, start, worker, num_workers),
             lambda items: read_items(items, self.shards, task, errors, copies, mark_padding=not self.pad),
-            lambda items: refill_items(items, functools.partial(self.good_block, epoch, copies), not self.pad),
+            # The stand-in rows are the same for every item of the epoch: read once (per item size).
+            lambda items: refill_items(items, functools.lru_cache(maxsize=2)(
+                functools.partial(self.good_block, epoch, copies)), not self.pad),
             lambda groups: collate_groups(groups, task, epoch, urls, errors),
             lambda groups: handover.in_slots(groups, self.arena, worker),
             lambda groups: _report(groups, errors),

@@ -204,7 +204,8 @@ class Remainder:
             i = int(np.searchsorted(self._offsets, offset, side="right")) - 1
             stream, a, _ = self._parts[i]
             take = min(int(self._offsets[i + 1]) - offset, end - pos)
-            s, r, _ = stream.positions(a + offset - int(self._offsets[i]), a + offset - int(self._offsets[i]) + take)
+            at = a + offset - int(self._offsets[i])  # the position in that old rank's stream
+            s, r, _ = stream.positions(at, at + take)
             shard.append(s)
             row.append(r)
             padding.append(np.full(take, pos >= self._total))

@@ -63,12 +63,11 @@ def read_state(state, identity: dict) -> tuple[int, list[Phase]]:
     states = list(state) if isinstance(state, (list, tuple)) else [state]
     if not states:
         raise BioscanError("load_state_dict: an empty list of loader states")
-    for s in states:
-        _check(s, identity)
+    parsed = [_check(s, identity) for s in states]
     first = states[0]
     epoch, phases = first["epoch"], first["phases"]
     if len(states) == 1:
-        return epoch, [_phase(p) for p in phases]
+        return epoch, parsed[0]
     for s in states[1:]:
         if s["epoch"] != epoch or [p | {"batches": 0} for p in s["phases"]] != [p | {"batches": 0} for p in phases]:
             raise BioscanError(f"load_state_dict: the states of rank {first['rank']} and rank {s['rank']} are from "
@@ -83,7 +82,8 @@ def read_state(state, identity: dict) -> tuple[int, list[Phase]]:
     return epoch, [_phase(p) for p in phases[:-1]] + [_phase(last)]
 
 
-def _check(state, identity: dict) -> None:
+def _check(state, identity: dict) -> list[Phase]:
+    """The state's phases, once it is known to be a loader state of this plan."""
     if not isinstance(state, dict) or _KEY not in state:
         raise BioscanError("load_state_dict: not a bioscan-io loader state (a dict from BioscanLoader.state_dict(), "
                            f"with {_KEY!r})")
@@ -100,6 +100,7 @@ def _check(state, identity: dict) -> None:
     differs = _differences(plan, identity)
     if differs:
         raise BioscanError(f"load_state_dict: this state belongs to another plan: {'; '.join(differs)}")
+    return parsed
 
 
 def _differences(plan: dict, identity: dict) -> list[str]:

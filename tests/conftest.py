@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,3 +30,16 @@ def dataset_small(tmp_path_factory) -> Path:
 def cli(*args: str) -> list[str]:
     """argv running ``bioscan-io`` with this interpreter."""
     return [sys.executable, "-m", "bioscan_io.cli", *args]
+
+
+def link_copy(src: Path, dst: Path) -> Path:
+    """A copy of a dataset root whose files can be changed: images are symlinks to ``src``'s."""
+    for dirpath, _, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".jpg"):
+                os.symlink(Path(dirpath) / name, dst / rel / name)
+            else:
+                shutil.copyfile(Path(dirpath) / name, dst / rel / name)
+    return dst

@@ -30,7 +30,7 @@ from bioscan_io.format import LABELS, MANIFEST, read_manifest
 from bioscan_io.schema import DATASET_DIR, IMAGES_DIR, METADATA_CSV, BioscanError, image_relpath
 from bioscan_io.shard import shard_split
 
-from conftest import cli
+from conftest import cli, link_copy
 
 QUIET = dict(progress=False, log=lambda m: None)
 _SCRIPT = Path(sys.executable).with_name("bioscan-shard")
@@ -54,19 +54,6 @@ def base() -> Path:
 def records(root: Path, split: str | None = None) -> list[dict]:
     with open(root / METADATA_CSV, newline="", encoding="utf-8") as f:
         return [r for r in csv.DictReader(f) if split is None or r["split"] == split]
-
-
-def link_copy(src: Path, dst: Path) -> Path:
-    """A copy of a dataset root whose files can be changed: images are symlinks to ``src``'s."""
-    for dirpath, _, files in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        (dst / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name.endswith(".jpg"):
-                os.symlink(Path(dirpath) / name, dst / rel / name)
-            else:
-                shutil.copyfile(Path(dirpath) / name, dst / rel / name)
-    return dst
 
 
 def tree(folder: Path) -> dict[str, bytes | None]:
@@ -130,34 +117,22 @@ def empty_after_skip(base, work):
         ["split 'train' would be empty", f"none of its {count} record(s) has an image", str(root / IMAGES_DIR / "cropped")]
 
 
-def png_image(base, work, skip_missing=False):
-    root = link_copy(base, work / "root")
-    pid, path = _replace_image(root, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    kw = dict(root=root, split="train", skip_missing=True) if skip_missing else dict(root=root, split="train")
-    return kw, [f"record {pid} is not a JPEG", str(path), "starts with 89 50 4e 47"]
+def bad_image(payload: bytes, *needles: str, skip_missing: bool = False):
+    """A row: one record's image replaced by ``payload``; the error names the record, the file and ``needles``."""
+    def row(base, work):
+        root = link_copy(base, work / "root")
+        pid, path = _replace_image(root, payload)
+        kw = dict(root=root, split="train", skip_missing=True) if skip_missing else dict(root=root, split="train")
+        return kw, [needles[0].format(pid=pid), str(path), *needles[1:]]
+    return row
 
 
-def text_image(base, work):
-    root = link_copy(base, work / "root")
-    pid, path = _replace_image(root, b"<html>404 Not Found</html>\n")
-    return dict(root=root, split="train"), [f"record {pid} is not a JPEG", str(path), "starts with 3c 68 74 6d"]
-
-
-def empty_image(base, work):
-    root = link_copy(base, work / "root")
-    pid, path = _replace_image(root, b"")
-    return dict(root=root, split="train"), [f"record {pid} is not a JPEG", str(path), "the file is empty"]
-
-
-def cut_jpeg(base, work):
-    root = link_copy(base, work / "root")
-    pid, path = _replace_image(root, b"CUT")
-    return dict(root=root, split="train"), [f"record {pid} is not a whole JPEG", str(path), "ff d9"]
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 
 def png_in_zip(base, work):
     variant = link_copy(base, work / "variant")
-    pid, _ = _replace_image(variant, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    pid, _ = _replace_image(variant, PNG)
     root = link_copy(base / DATASET_DIR / "metadata", work / "root" / DATASET_DIR / "metadata").parents[1]
     (archive,) = synth.pack_images(variant, root)
     return dict(root=root, split="train"), [f"record {pid} is not a JPEG", f"zip archive {archive.resolve()}"]
@@ -209,11 +184,12 @@ def csv_not_utf8_number(base, work):
 ROWS = {
     "package without folder or archives": no_package,
     "split empty after --skip-missing": empty_after_skip,
-    "PNG bytes in a .jpg": png_image,
-    "PNG bytes, with --skip-missing": lambda base, work: png_image(base, work, skip_missing=True),
-    "text in a .jpg": text_image,
-    "empty .jpg": empty_image,
-    "JPEG cut short": cut_jpeg,
+    "PNG bytes in a .jpg": bad_image(PNG, "record {pid} is not a JPEG", "starts with 89 50 4e 47"),
+    "PNG bytes, with --skip-missing": bad_image(PNG, "record {pid} is not a JPEG", "starts with 89 50 4e 47",
+                                                skip_missing=True),
+    "text in a .jpg": bad_image(b"<html>404 Not Found</html>\n", "record {pid} is not a JPEG", "starts with 3c 68 74 6d"),
+    "empty .jpg": bad_image(b"", "record {pid} is not a JPEG", "the file is empty"),
+    "JPEG cut short": bad_image(b"CUT", "record {pid} is not a whole JPEG", "ff d9"),
     "PNG bytes in a zip archive": png_in_zip,
     "--out is a file": out_is_a_file,
     "--out below a file": out_below_a_file,

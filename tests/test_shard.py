@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import tarfile
@@ -30,7 +29,7 @@ from bioscan_io.schema import (
 from bioscan_io.format import LABELS, MANIFEST, read_manifest
 from bioscan_io.shard import shard_split
 
-from conftest import cli
+from conftest import cli, link_copy
 
 
 def csv_records(root: Path) -> list[dict]:
@@ -217,7 +216,7 @@ def test_kill_mid_run_then_rerun_completes_without_loss(dataset_5k, tmp_path):
 
 def test_missing_images_skipped_on_request_and_reported(dataset_small, tmp_path):
     root = tmp_path / "root"
-    _link_copy(dataset_small, root)
+    link_copy(dataset_small, root)
     records = [r for r in csv_records(root) if r["split"] == "test"]
     gone = sorted(r["processid"] for r in records[:2])
     for pid in gone:
@@ -226,18 +225,6 @@ def test_missing_images_skipped_on_request_and_reported(dataset_small, tmp_path)
     assert s.skipped == gone and s.records == len(records) - 2
     assert (Path(s.folder) / "missing_images.txt").read_text().split() == gone
     assert read_manifest(s.folder)["skipped_missing_image"] == gone
-
-
-def _link_copy(src: Path, dst: Path) -> None:
-    """A copy of a dataset root whose metadata can be edited: images are symlinked."""
-    for dirpath, _, files in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        (dst / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name.endswith(".jpg"):
-                os.symlink(Path(dirpath) / name, dst / rel / name)
-            else:
-                (dst / rel / name).write_bytes((Path(dirpath) / name).read_bytes())
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -259,7 +246,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 @pytest.fixture
 def editable_root(dataset_small, tmp_path) -> Path:
     root = tmp_path / "root"
-    _link_copy(dataset_small, root)
+    link_copy(dataset_small, root)
     return root
 
 
