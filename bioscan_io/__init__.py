@@ -27,6 +27,7 @@ _API = {
     "read_metadata": "metadata",
     "contact_sheet": "peek",
     "split_summary": "summary",
+    "export_parquet": "export",
     "BioscanError": "schema",
 }
 

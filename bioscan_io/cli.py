@@ -221,6 +221,34 @@ def _peek(args) -> None:
     print(("\n" if not args.no_sheet else "") + "\n".join(summary.lines()))
 
 
+# ----------------------------------------------------------------------------- export
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from .export import EXPORT_FORMATS
+
+    p.add_argument("folder", metavar="SPLIT_DIR", help="split folder holding manifest.json and the shards "
+                                                       "(labels.json beside it)")
+    p.add_argument("--format", default=EXPORT_FORMATS[0], choices=EXPORT_FORMATS,
+                   help=f"file format (default: {EXPORT_FORMATS[0]})")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="file to write, e.g. train.parquet (its folder must exist)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    _progress_argument(p)
+
+
+def _export(args) -> None:
+    import pyarrow.parquet as pq
+
+    from .export import export_parquet
+
+    out = export_parquet(args.folder, args.out, force=args.force, progress=_progress(args))
+    meta = pq.read_metadata(out)
+    print(f"export: wrote {out}: {plural(meta.num_rows, 'sample')} of {args.folder} "
+          f"({plural(meta.num_columns, 'column')}, {plural(meta.num_row_groups, 'row group')}, "
+          f"{out.stat().st_size / 1e6:,.1f} MB)")
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -259,6 +287,10 @@ COMMANDS = {
                     "order/family/genus/species, barcode length) and print a summary of its split "
                     "(records with a value and distinct values per rank, barcode length distribution).",
                     _peek_arguments, _peek),
+    "export": Command("write a split's metadata, barcodes and label indices as one Parquet file",
+                      "Write a split's metadata, barcodes and label indices (no images) as one Parquet file, "
+                      "one row per sample in shard order, for Polars, DuckDB, pandas or Hugging Face datasets.",
+                      _export_arguments, _export),
 }
 
 
@@ -294,7 +326,7 @@ def _run(prog: str, command: Command, args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    """``bioscan-io <command>``: ``shard`` (as bioscan-shard), ``generate``, ``verify`` or ``peek``."""
+    """``bioscan-io <command>``: a command of :data:`COMMANDS` (``shard`` is the same as bioscan-shard)."""
     args = _parser().parse_args(argv)
     return _run(f"bioscan-io {args.command}", COMMANDS[args.command], args)
 
