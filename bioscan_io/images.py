@@ -1,10 +1,12 @@
 """Decode and augment specimen images (pillow-simd).
 
 Training: random resized crop (torchvision's algorithm and defaults: scale
-0.08-1, ratio 3/4-4/3) and random flips. Evaluation: resize the shorter side
-to 256, centre crop 224. Each sample's random draws come from its own
-generator keyed by (seed, epoch, processid), so augmentation does not depend
-on worker count or order. Batches leave :func:`stack` as uint8 NCHW tensors
+0.08-1, ratio 3/4-4/3), random flips and, if asked, a random rotation
+(CLIBD's recipe: the crop drawn on the image resized to 256 on its shorter
+side, both flips, +-45 degrees nearest-neighbour rotation). Evaluation:
+resize the shorter side to 256, centre crop 224. Each sample's random draws
+come from its own generator keyed by (seed, epoch, processid), so
+augmentation does not depend on worker count or order. Batches leave :func:`stack` as uint8 NCHW tensors
 (normalise on the GPU with :func:`normalize`) or, if asked, float32 normalised
 with the dataset's mean and std.
 
@@ -38,11 +40,18 @@ The fused path does each step once, with the least work:
 6. flips and the HWC -> CHW change happen while the three planes are copied
    into the batch, which is allocated once (in shared memory inside a
    DataLoader worker, so it is not copied again on its way to the main
-   process) and pre-faulted in one system call.
+   process) and pre-faulted in one system call;
+7. a rotation (``rotate=``) turns the small resized image before the copy.
+   The chain it reproduces flips, then rotates by ``a``: as a mirror turns a
+   rotation by ``a`` into one by ``-a`` (both flips, a half turn, commute with
+   it), the image is turned by ``-a`` when exactly one flip is drawn, else by
+   ``a``, and the flips stay in the copy. Draws: box, hflip, vflip, angle.
 
 Without DCT scaling the fused path gives exactly the pixels of
 ``train_transform(decode(data), ...)`` / ``eval_transform(decode(data), ...)``
-with the same generator state.
+with the same generator state. ``pre_resize`` needs no extra resize either:
+the crop box is drawn on the size the image would have after the resize and
+mapped back onto the source (a ``cropped_256`` image is already that size).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from __future__ import annotations
 import io
 import math
 import mmap
+import numbers
 import random
 import re
 import sys
@@ -60,13 +70,17 @@ from PIL import Image
 from . import _pillow
 from .schema import RGB_MEAN, RGB_STD, BioscanError
 
-__all__ = ["EOI_SLACK", "has_eoi", "decode", "random_resized_crop_box", "eval_box", "PreparedImage",
-           "decode_train", "decode_eval", "train_transform", "eval_transform", "stack", "normalize"]
+__all__ = ["EOI_SLACK", "MAX_ROTATE", "has_eoi", "decode", "resized_size", "random_resized_crop_box", "eval_box",
+           "PreparedImage", "decode_train", "decode_eval", "train_transform", "eval_transform", "stack", "normalize"]
 
 _BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
 _FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT if hasattr(Image, "Transpose") else Image.FLIP_LEFT_RIGHT
 _FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM if hasattr(Image, "Transpose") else Image.FLIP_TOP_BOTTOM
+_NEAREST = Image.Resampling.NEAREST if hasattr(Image, "Resampling") else Image.NEAREST
 _DEFAULT_RATIO = (3 / 4, 4 / 3)
+_BLACK = (0, 0, 0)
+#: Largest ``rotate`` (degrees either way): a full turn's range.
+MAX_ROTATE = 180.0
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -220,9 +234,36 @@ def _crop_resize(img: Image.Image, box, size: tuple[int, int]) -> Image.Image:
 # ----------------------------------------------------------------------------- geometry
 
 
-def random_resized_crop_box(width: int, height: int, rng: random.Random,
-                            scale=(0.08, 1.0), ratio=_DEFAULT_RATIO) -> tuple[int, int, int, int]:
-    """A crop box ``(left, top, right, bottom)`` drawn as torchvision's RandomResizedCrop does."""
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """``(width, height)`` after resizing the shorter side to ``resize``: torchvision's ``Resize(resize)``.
+
+    The longer side becomes ``int(resize * long / short)``; an image of that size already is left alone.
+    """
+    if width <= height:
+        return resize, max(1, int(resize * height / width))
+    return max(1, int(resize * width / height)), resize
+
+
+def random_resized_crop_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0),
+                            ratio=_DEFAULT_RATIO, pre_resize: int | None = None) -> tuple:
+    """A crop box ``(left, top, right, bottom)`` drawn as torchvision's RandomResizedCrop does.
+
+    ``pre_resize``: drawn on the image as ``Resize(pre_resize)`` would leave it
+    (:func:`resized_size`), then mapped back onto the ``width`` x ``height``
+    source (float coordinates, unless that size is the source's).
+    """
+    if pre_resize is None:
+        return _rrc_box(width, height, rng, scale, ratio)
+    nw, nh = resized_size(width, height, pre_resize)
+    box = _rrc_box(nw, nh, rng, scale, ratio)
+    if (nw, nh) == (width, height):
+        return box
+    sx, sy = width / nw, height / nh
+    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+
+
+def _rrc_box(width: int, height: int, rng: random.Random, scale, ratio) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` on a ``width`` x ``height`` image, as a box."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -254,41 +295,82 @@ def eval_box(width: int, height: int, size: int, resize: int) -> tuple[float, fl
     """
     if resize < size:
         raise BioscanError(f"eval resize {resize} is smaller than the crop size {size}")
-    if width <= height:
-        nw, nh = resize, max(1, int(resize * height / width))
-    else:
-        nw, nh = max(1, int(resize * width / height)), resize
+    nw, nh = resized_size(width, height, resize)
     top = int(round((nh - size) / 2.0))
     left = int(round((nw - size) / 2.0))
     sx, sy = width / nw, height / nh
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
+# ----------------------------------------------------------------------------- rotation
+
+
+def _level(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255
+
+
+def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
+    """Check ``pre_resize``, ``rotate`` and ``fill`` (one line naming the argument); the fill as RGB."""
+    if pre_resize is not None and (isinstance(pre_resize, bool) or not isinstance(pre_resize, numbers.Integral)
+                                   or pre_resize < 1):
+        raise BioscanError(f"pre_resize must be a positive integer or None; got {pre_resize!r}")
+    if isinstance(rotate, bool) or not isinstance(rotate, numbers.Real) or not 0 <= rotate <= MAX_ROTATE:
+        raise BioscanError(f"rotate must be a number of degrees from 0 to {MAX_ROTATE:g}; got {rotate!r}")
+    colour = (fill,) * 3 if _level(fill) else tuple(fill) if isinstance(fill, (tuple, list)) else ()
+    if len(colour) != 3 or not all(_level(v) for v in colour):
+        raise BioscanError(f"fill must be a level 0-255 or three of them (R, G, B); got {fill!r}")
+    return tuple(int(v) for v in colour)
+
+
+def _draw_angle(rng: random.Random, rotate: float) -> float:
+    """torchvision's ``RandomRotation((-rotate, rotate))`` angle; no draw when ``rotate`` is 0."""
+    return rng.uniform(-rotate, rotate) if rotate else 0.0
+
+
+def _rotated(img: Image.Image, angle: float, hflip: bool, vflip: bool, fill) -> Image.Image:
+    """``img`` turned so that applying the flips after gives "flip, then rotate by ``angle``".
+
+    Counter-clockwise degrees about the centre, nearest neighbour, same size,
+    corners ``fill`` (torchvision's ``F.rotate`` defaults). One flip mirrors the
+    turn (``-angle``); both flips are a half turn, which commutes with it.
+    """
+    if not angle:
+        return img
+    return img.rotate(-angle if hflip != vflip else angle, _NEAREST, fillcolor=fill)
+
+
 # ----------------------------------------------------------------------------- transforms
 
 
 class PreparedImage:
-    """One sample's image: its crop and flips drawn, its pixels made when it is copied into a batch.
+    """One sample's image: its crop, flips and angle drawn, its pixels made when it is copied into a batch.
 
     What :func:`decode_train` and :func:`decode_eval` return and :func:`stack`
-    takes. :meth:`write` decodes (the rows needed), crops and resizes, flips and
-    copies the three planes into a CHW array; :meth:`load` decodes at once
-    instead (and keeps the result), so that a corrupt image raises there.
+    takes. :meth:`write` decodes (the rows needed), crops and resizes, rotates,
+    flips and copies the three planes into a CHW array; :meth:`load` decodes at
+    once instead (and keeps the result), so that a corrupt image raises there.
+    ``angle`` is the rotation after the flips (counter-clockwise degrees).
     """
 
-    __slots__ = ("_data", "_src_size", "_img", "_box", "size", "hflip", "vflip", "_where", "_dct", "_pixels")
+    __slots__ = ("_data", "_src_size", "_img", "_box", "size", "hflip", "vflip", "angle", "_fill", "_where", "_dct",
+                 "_pixels")
 
     def __init__(self, data: bytes, src_size: tuple[int, int] | None, img: Image.Image | None, box,
                  size: tuple[int, int], hflip: bool = False, vflip: bool = False, where: str = "",
-                 dct_scaling: bool = True):
+                 dct_scaling: bool = True, angle: float = 0.0, fill: tuple[int, int, int] = _BLACK):
         self._data, self._src_size, self._img, self._box = data, src_size, img, box
-        self.size, self.hflip, self.vflip = size, bool(hflip), bool(vflip)
+        self.size, self.hflip, self.vflip, self.angle, self._fill = size, bool(hflip), bool(vflip), angle, fill
         self._where, self._dct = where, dct_scaling
         self._pixels = None
 
     def __reduce__(self):  # pickles as the bytes and the draws, not as pixels
         return (PreparedImage, (self._data, self._src_size, None, self._box, self.size, self.hflip, self.vflip,
-                                self._where, self._dct))
+                                self._where, self._dct, self.angle, self._fill))
+
+    @property
+    def box(self) -> tuple:
+        """The crop box ``(left, top, right, bottom)`` in the source image's pixels."""
+        return self._box
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -296,11 +378,11 @@ class PreparedImage:
         return (3, self.size[1], self.size[0])
 
     def render(self) -> Image.Image:
-        """The cropped, resized RGB image, flips not applied (decoded now unless :meth:`load` was called)."""
+        """The cropped, resized, rotated RGB image, flips not applied (decoded now unless :meth:`load` was called)."""
         if self._pixels is not None:
             return self._pixels
         src, box = _load_for_box(self._data, self._src_size, self._box, self.size, self._where, self._dct, self._img)
-        return _crop_resize(src, box, self.size)
+        return _rotated(_crop_resize(src, box, self.size), self.angle, self.hflip, self.vflip, self._fill)
 
     def load(self) -> PreparedImage:
         """Decode now, so that a corrupt image raises here; keeps the pixels for :meth:`write`."""
@@ -345,14 +427,23 @@ def _header(data: bytes, where: str):
 
 def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
                  scale=(0.08, 1.0), ratio=_DEFAULT_RATIO, where: str = "",
-                 dct_scaling: bool = True, lazy: bool = True) -> PreparedImage:
-    """JPEG bytes -> random resized crop to ``size`` x ``size`` + random flips, fused.
+                 dct_scaling: bool = True, lazy: bool = True, *, pre_resize: int | None = None,
+                 rotate: float = 0.0, fill=0) -> PreparedImage:
+    """JPEG bytes -> random resized crop to ``size`` x ``size`` + random flips (+ rotation), fused.
 
     The draws from ``rng`` are those of :func:`train_transform` (crop box, then
-    one ``rng.random()`` per enabled flip), so the pixels equal
-    ``train_transform(decode(data), size, rng, ...)`` (unless DCT scaling applies:
-    module docstring). Returns a :class:`PreparedImage`; :func:`stack` makes its
-    pixels.
+    one ``rng.random()`` per enabled flip, then one ``rng.uniform`` for the
+    angle if ``rotate``), so the pixels equal ``train_transform(decode(data),
+    size, rng, ...)`` (unless DCT scaling applies: module docstring). Returns a
+    :class:`PreparedImage`; :func:`stack` makes its pixels.
+
+    ``pre_resize``: the box is drawn as on the image after torchvision's
+    ``Resize(pre_resize)`` (CLIBD: 256), in one resize all the same.
+    ``rotate``: after the flips, a turn by an angle uniform in
+    ``[-rotate, rotate]`` degrees (torchvision's ``RandomRotation``: nearest
+    neighbour, about the centre, same size, corners ``fill``: a level 0-255 or
+    an RGB triple). CLIBD's recipe: ``hflip=True, vflip=True, pre_resize=256,
+    rotate=45``. Bad values raise :class:`BioscanError` naming the argument.
 
     Errors (:class:`BioscanError` naming ``where``): bytes that are not an image
     and JPEG files without their end-of-image marker (truncated ones: decoded
@@ -361,12 +452,14 @@ def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True,
     ``lazy=False`` decodes here instead (slower: a batch then holds all its
     images decoded at once).
     """
+    colour = _augment_args(pre_resize, rotate, fill)
     data = _as_bytes(data)
     (width, height), fast, img = _header(data, where)
-    box = random_resized_crop_box(width, height, rng, scale=scale, ratio=ratio)
+    box = random_resized_crop_box(width, height, rng, scale=scale, ratio=ratio, pre_resize=pre_resize)
     h_flip = hflip and rng.random() < 0.5
     v_flip = vflip and rng.random() < 0.5
-    out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling)
+    angle = _draw_angle(rng, rotate)
+    out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling, angle, colour)
     return out.load() if not lazy or not has_eoi(data) else out
 
 
@@ -381,13 +474,25 @@ def decode_eval(data: bytes, size: int, resize: int, where: str = "",
 
 
 def train_transform(img: Image.Image, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
-                    scale=(0.08, 1.0), ratio=_DEFAULT_RATIO) -> np.ndarray:
-    """Random resized crop to ``size`` x ``size``, then random flips; uint8 HWC."""
-    box = random_resized_crop_box(img.width, img.height, rng, scale=scale, ratio=ratio)
+                    scale=(0.08, 1.0), ratio=_DEFAULT_RATIO, *, pre_resize: int | None = None,
+                    rotate: float = 0.0, fill=0) -> np.ndarray:
+    """Random resized crop to ``size`` x ``size``, then random flips, then a random rotation; uint8 HWC.
+
+    ``pre_resize``, ``rotate``, ``fill``: as :func:`decode_train`. The turn is
+    made before the flips with the angle mirrored as they require (module
+    docstring, step 7): the pixels of the fused path, which equal flipping
+    first up to PIL's fixed-point sampling (about 2 pixels in 1,000, those
+    on a boundary between two source pixels, take the neighbour).
+    """
+    colour = _augment_args(pre_resize, rotate, fill)
+    box = random_resized_crop_box(img.width, img.height, rng, scale=scale, ratio=ratio, pre_resize=pre_resize)
     out = _crop_resize(img, box, (size, size))
-    if hflip and rng.random() < 0.5:
+    h_flip = hflip and rng.random() < 0.5
+    v_flip = vflip and rng.random() < 0.5
+    out = _rotated(out, _draw_angle(rng, rotate), h_flip, v_flip, colour)
+    if h_flip:
         out = out.transpose(_FLIP_LR)
-    if vflip and rng.random() < 0.5:
+    if v_flip:
         out = out.transpose(_FLIP_TB)
     return np.asarray(out)
 

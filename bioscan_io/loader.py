@@ -34,9 +34,10 @@ from . import distributed, handover, plan, storage
 from .resume import make_state, plan_identity, read_state
 from .reader import ErrorPolicy, read_items, read_rows, record_columns, refill_items
 from .shardlist import ShardSet, find_shards
-from .options import check_options
-from .schema import MAX_NUCLEOTIDES, BioscanError
+from .options import check_options, resolve
+from .schema import BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
+from .text import TextTokens
 
 __all__ = ["make_loader", "BioscanLoader", "EpochStream", "ShardSet", "find_shards", "collate_groups", "split_group",
            "DEFAULT_IMAGE_BLOCK"]
@@ -323,18 +324,25 @@ def make_loader(
     world_size: int | None = None,
     modality=None,
     label_rank: str = "species",
-    k: int = 4,
-    max_len: int = MAX_NUCLEOTIDES,
-    n_as_base: bool = False,
-    mask_prob: float = 0.5,
-    label_mode: str = "masked",
-    random_offset: bool = False,
+    recipe: str | None = None,
+    k: int | None = None,
+    max_len: int | None = None,
+    n_as_base: bool | None = None,
+    mask_prob: float | None = None,
+    mask_ratios: tuple | None = None,
+    label_mode: str | None = None,
+    random_offset: bool | None = None,
+    tokenizer=None,
     token_dtype: torch.dtype = torch.int64,
-    image_size: int = 224,
-    resize: int = 256,
+    image_size: int | None = None,
+    resize: int | None = None,
+    pre_resize: int | None = None,
     image_dtype: str = "uint8",
-    hflip: bool = True,
-    vflip: bool = False,
+    hflip: bool | None = None,
+    vflip: bool | None = None,
+    rotate: float | None = None,
+    text_tokenizer=None,
+    text_max_len: int | None = None,
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = 2,
@@ -391,11 +399,35 @@ def make_loader(
         ``("dna", "image")`` (default both).
     label_rank : str
         The rank of ``label`` for ``classify`` (default species; indices per labels.json).
+    recipe : {"barcodebert", "barcodemae", "barcodemamba", "clibd"}, optional
+        A model's data recipe (:data:`bioscan_io.recipes.RECIPES`): its values
+        replace the defaults of the options below that it sets; an option passed
+        here wins over the recipe.
     k, max_len, n_as_base, mask_prob, label_mode, random_offset, token_dtype
-        Tokenizer and masking settings (:class:`bioscan_io.tokenizer.KmerTokenizer`).
+        Tokenizer and masking settings (:class:`bioscan_io.tokenizer.KmerTokenizer`;
+        defaults 4, 660, False, 0.5, ``"masked"``, False, int64).
+    mask_ratios : (float, float, float), default (1, 0, 0)
+        Of the positions selected for masking, the shares set to ``[MASK]``,
+        replaced by a random vocabulary token, and kept (BERT: 0.8, 0.1, 0.1).
+    tokenizer : optional
+        A tokenizer object with ``KmerTokenizer``'s interface instead of ``k``,
+        ``max_len`` and ``n_as_base`` (e.g. :class:`bioscan_io.vocab_tokenizer.VocabTokenizer`
+        over a BPE vocabulary).
     image_size, resize, image_dtype, hflip, vflip
-        Crop size, evaluation resize, ``"uint8"`` (normalise on the GPU with
-        :func:`bioscan_io.images.normalize`) or ``"float32"`` (normalised here), flips.
+        Crop size (224), evaluation resize (256), ``"uint8"`` (normalise on the GPU with
+        :func:`bioscan_io.images.normalize`) or ``"float32"`` (normalised here), flips
+        (horizontal True, vertical False).
+    pre_resize : int, optional
+        Training crops are drawn as after torchvision's ``Resize(pre_resize)`` (CLIBD: 256).
+    rotate : float, default 0
+        Training images are rotated by an angle drawn uniformly in ``[-rotate, rotate]``
+        degrees after the flips (nearest neighbour, black fill; CLIBD: 45).
+    text_tokenizer : optional
+        ``clip`` only: a ``tokenizers.Tokenizer``, a ``transformers`` tokenizer or a callable
+        over a list of strings, applied to each batch's text in the workers; batches then
+        carry ``text_input_ids`` and ``text_attention_mask`` (:mod:`bioscan_io.text`).
+    text_max_len : int, default 20
+        Text tokens per sample (CLIBD's ``max_length``; longer text is truncated).
     pin_memory, persistent_workers, prefetch_factor
         Passed to the DataLoader (defaults: pin if CUDA is available; persistent
         when there are workers).
@@ -425,7 +457,11 @@ def make_loader(
         Iterable of batches with an exact ``len()``, ``set_epoch()``, and
         ``state_dict()`` / ``load_state_dict()`` to stop and resume mid-epoch.
     """
-    check_options(locals())
+    options = resolve(locals(), recipe, task)
+    if options["tokenizer"] is not None and any(v is not None for v in (k, max_len, n_as_base)):
+        whose = "a tokenizer" if tokenizer is not None else f"recipe {recipe!r}, which sets a tokenizer,"
+        raise BioscanError(f"pass {whose} or k/max_len/n_as_base, not both: the tokenizer object sets them")
+    check_options(options)
     spec = TASKS[task]
     modalities = choose_modalities(task, modality)
     shards = find_shards(urls, storage_options)
@@ -442,29 +478,40 @@ def make_loader(
         rank, world_size = distributed.world_info()
     if not 0 <= rank < world_size:
         raise BioscanError(f"rank {rank} is outside world size {world_size}")
-    bound = Task(
-        task, modalities, train, seed,
-        tokens=TokenizerConfig(k, max_len, n_as_base, mask_prob, label_mode, random_offset, token_dtype),
-        images=ImageConfig(image_size, resize, image_dtype, hflip, vflip), label_rank=label_rank,
-        labels=shards.labels,
-    )
+    bound = Task(task, modalities, train, seed, tokens=TokenizerConfig.from_options(options),
+                 images=ImageConfig.from_options(options), label_rank=label_rank, labels=shards.labels,
+                 text=_text_tokens(task, options))
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     nbytes = bound.batch_nbytes(batch_size)
     # Decoding images dwarfs a hand-over; grouping them would only delay the first batch.
     group = 1 if "image" in modalities else max(1, min(GROUP_BATCHES, GROUP_BYTES // nbytes))
-    kwargs, arena = {}, None
-    if num_workers > 0:
-        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
-        kwargs["prefetch_factor"] = prefetch_factor
-        if not pin_memory:  # pinned batches are copied by the DataLoader's pin thread instead
-            slots = (prefetch_factor or 2) + HANDOVER_SLOTS_HELD
-            arena = handover.SlotArena.fitting(num_workers, slots, group * nbytes)
+    kwargs, arena = _worker_settings(num_workers, persistent_workers, prefetch_factor, pin_memory, group * nbytes)
     dataset = EpochStream(shards, bound, batch_size=batch_size, drop_last=drop_last, pad=pad, shuffle=shuffle,
                           shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size, on_error=on_error,
                           storage_options=storage_options, arena=arena, group=group)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                         pin_memory=pin_memory, **kwargs)
     return BioscanLoader(dataset, loader, epoch)
+
+
+def _worker_settings(num_workers: int, persistent_workers, prefetch_factor, pin_memory: bool, item_nbytes: int):
+    """The DataLoader's worker keywords, and the hand-over arena (None without workers or when pinning)."""
+    if num_workers == 0:
+        return {}, None
+    kwargs = {"persistent_workers": True if persistent_workers is None else persistent_workers,
+              "prefetch_factor": prefetch_factor}
+    if pin_memory:  # pinned batches are copied by the DataLoader's pin thread instead
+        return kwargs, None
+    slots = (prefetch_factor or 2) + HANDOVER_SLOTS_HELD
+    return kwargs, handover.SlotArena.fitting(num_workers, slots, item_nbytes)
+
+
+def _text_tokens(task: str, options: dict) -> TextTokens | None:
+    if options["text_tokenizer"] is None:
+        return None
+    if task != "clip":
+        raise BioscanError(f"text_tokenizer is for task 'clip' (whose batches carry text), not {task!r}")
+    return TextTokens(options["text_tokenizer"], options["text_max_len"])
 
 
 def _as_is(batch: dict) -> dict:

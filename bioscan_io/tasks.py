@@ -13,7 +13,8 @@ task       batch keys
 mlm        processid, input_ids, attention_mask, labels
 classify   processid, label, and input_ids + attention_mask (``modality="dna"``)
            or image (``modality="image"``)
-clip       processid, image, input_ids, attention_mask, text
+clip       processid, image, input_ids, attention_mask, text, and with a text
+           tokenizer text_input_ids + text_attention_mask (:mod:`bioscan_io.text`)
 embed      processid, ``<rank>_index`` for every rank, and input_ids +
            attention_mask and/or image (``modality``)
 =========  ===================================================================
@@ -38,6 +39,7 @@ import torch
 from . import handover
 from . import images as im
 from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
+from .text import TextTokens
 from .tokenizer import KmerTokenizer
 
 __all__ = ["MODALITIES", "TaskSpec", "TASKS", "TokenizerConfig", "ImageConfig", "Task", "choose_modalities"]
@@ -116,9 +118,14 @@ def choose_modalities(name: str, modality) -> tuple[str, ...]:
     return chosen
 
 
+def _from_options(cls, options: dict):
+    """The config of ``make_loader``'s (resolved) options: its fields by name."""
+    return cls(**{name: options[name] for name in cls.__dataclass_fields__ if name in options})
+
+
 @dataclass
 class TokenizerConfig:
-    """How barcodes are tokenized and masked (:class:`~bioscan_io.tokenizer.KmerTokenizer`).
+    """How barcodes are tokenized and masked (:class:`~bioscan_io.tokenizer.KmerTokenizer`, or ``tokenizer``).
 
     The tokenizer is built (and its settings checked) when the config is made.
     """
@@ -130,9 +137,21 @@ class TokenizerConfig:
     label_mode: str = "masked"
     random_offset: bool = False
     token_dtype: torch.dtype = torch.int64
+    mask_ratios: tuple = (1.0, 0.0, 0.0)
+    tokenizer: object = None
+
+    from_options = classmethod(_from_options)
 
     def __post_init__(self):
-        self.tokenizer = KmerTokenizer(k=self.k, max_len=self.max_len, n_as_base=self.n_as_base)
+        if self.tokenizer is None:
+            self.tokenizer = KmerTokenizer(k=self.k, max_len=self.max_len, n_as_base=self.n_as_base)
+        elif not all(hasattr(self.tokenizer, name) for name in ("encode", "encode_mlm", "n_tokens")):
+            raise BioscanError("tokenizer must have KmerTokenizer's interface (encode, encode_mlm, n_tokens), "
+                               f"got {type(self.tokenizer).__name__}")
+        if self.random_offset and not hasattr(self.tokenizer, "random_offsets"):
+            raise BioscanError(f"random_offset=True (k-mer reading frames; a recipe may set it) needs a k-mer "
+                               f"tokenizer, not {type(self.tokenizer).__name__}: pass random_offset=False")
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
 
     @property
     def np_dtype(self):
@@ -141,13 +160,20 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """How images are cropped and handed out (:mod:`bioscan_io.images`)."""
+    """How images are cropped, augmented and handed out (:mod:`bioscan_io.images`)."""
 
     size: int = 224
     resize: int = 256
     dtype: str = "uint8"
     hflip: bool = True
     vflip: bool = False
+    pre_resize: int | None = None
+    rotate: float = 0.0
+
+    @classmethod
+    def from_options(cls, options: dict) -> ImageConfig:
+        return cls(size=options["image_size"], dtype=options["image_dtype"],
+                   **{name: options[name] for name in ("resize", "hflip", "vflip", "pre_resize", "rotate")})
 
 
 def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:
@@ -168,6 +194,7 @@ class Task:
     images: ImageConfig = field(default_factory=ImageConfig)
     label_rank: str = "species"
     labels: dict | None = None
+    text: TextTokens | None = None
     _values: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -223,6 +250,8 @@ class Task:
             batch.update(zip(names, torch.from_numpy(labels)))
         if "text" in block:
             batch["text"] = block["text"].to_pylist()
+            if self.text is not None:
+                batch.update(self._text_tokens(batch["text"]))
         return batch
 
     def _tokens(self, block: dict, epoch: int) -> dict:
@@ -235,9 +264,19 @@ class Task:
         else:
             tokenizer.encode_mlm(
                 block["dna"], block["__key__"], seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
-                label_mode=cfg.label_mode, random_offset=cfg.random_offset, out=tuple(out),
+                label_mode=cfg.label_mode, random_offset=cfg.random_offset, mask_ratios=cfg.mask_ratios,
+                out=tuple(out),
             )
         return dict(zip(names, torch.from_numpy(out)))
+
+    def _text_tokens(self, texts: list[str]) -> dict:
+        """``text_input_ids``, ``text_attention_mask`` (...) of the batch's strings: one tokenizer call."""
+        got = self.text(texts)
+        first = next(iter(got.values()))
+        out = handover.empty_array((len(got), *first.shape), np.int64)
+        for row, value in zip(out, got.values()):
+            row[:] = value
+        return dict(zip(got, torch.from_numpy(out)))
 
     @property
     def token_names(self) -> tuple[str, ...]:
@@ -254,13 +293,15 @@ class Task:
             total += pixels * (1 if self.images.dtype == "uint8" else 4)
         if self.spec.columns is not None:
             total += (len(RANKS) + 1) * batch_size * 8
+        if self.text is not None:
+            total += self.text.nbytes(batch_size)
         return total + batch_size + 16 * 64  # valid (pad=False); each tensor aligned to 64 bytes
 
     def _prepare(self, data: bytes, key: str, epoch: int, where: str):
         cfg = self.images
         if self.train:
             return im.decode_train(data, cfg.size, _sample_rng(self.seed, epoch, key), hflip=cfg.hflip,
-                                   vflip=cfg.vflip, where=where)
+                                   vflip=cfg.vflip, pre_resize=cfg.pre_resize, rotate=cfg.rotate, where=where)
         return im.decode_eval(data, cfg.size, cfg.resize, where=where)
 
     def _images(self, block: dict, keys: list[str], epoch: int, urls: list[str], errors):

@@ -21,7 +21,10 @@ for ``i < max_len // k``; a k-mer with any byte outside the vocabulary's bases
 
 Masking (:meth:`KmerTokenizer.encode_mlm`) and random offsets are a pure
 function of ``(seed, epoch, processid)``; the generator is specified, and
-implemented with Python integers, in :mod:`bioscan_io.testing.oracle`.
+implemented with Python integers, in :mod:`bioscan_io.testing.oracle`. Of the
+positions selected for masking, ``mask_ratios`` says what share becomes
+``[MASK]``, a random k-mer, or stays (BERT's 80/10/10 is ``(0.8, 0.1, 0.1)``;
+the default ``(1, 0, 0)`` masks them all).
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"(needs Cython and a C compiler). Original error: {exc}"
     ) from exc
 
-if not hasattr(_kmer, "LabelMode"):  # built before the constants below were exported
+if not hasattr(_kmer, "mask_rows"):  # built before masking recipes existed
     raise ImportError("bioscan_io._kmer is out of date; rebuild it (`pip install -e .`)")
 
 __all__ = [
+    "DEFAULT_MASK_RATIOS",
     "IGNORE_INDEX",
     "KmerTokenizer",
     "LABEL_MODES",
@@ -65,7 +69,9 @@ __all__ = [
     "MAX_K",
     "UNK_ID",
     "UNK_TOKEN",
+    "decode_ids",
     "processid_keys",
+    "recipe_thresholds",
 ]
 
 MASK_TOKEN = "[MASK]"
@@ -86,10 +92,16 @@ _LABEL_CODES = {
 }
 #: The values of ``label_mode`` (see :meth:`KmerTokenizer.encode_mlm`).
 LABEL_MODES = tuple(_LABEL_CODES)
+#: ``mask_ratios`` by default: every selected position becomes ``[MASK]`` (BarcodeBERT).
+DEFAULT_MASK_RATIOS = (1.0, 0.0, 0.0)
+# How far from 1 the three shares of mask_ratios may sum (float rounding of user input).
+_RATIO_SUM_TOLERANCE = 1e-9
 # Token positions index the generator's counters, which must stay below 2**32.
 _MAX_MAX_LEN = 2**31 - 1
 
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
+# The kernel's thresholds of the default recipe (all [MASK]; nothing more drawn).
+_NO_RECIPE = (2**32, 2**32)
 _EMPTY_I32 = np.empty(0, dtype=np.int32)
 
 
@@ -132,6 +144,91 @@ def _check_uint64(value: Any, name: str) -> int:
     return v
 
 
+def _check_length(value: Any, name: str) -> int:
+    """A length in bases or tokens: an integer from 0 to ``_MAX_MAX_LEN``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _MAX_MAX_LEN:
+        raise BioscanError(f"{name} must be an integer from 0 to {_MAX_MAX_LEN}, got {value!r}")
+    return int(value)
+
+
+def _mask_threshold(mask_prob: Any) -> int:
+    """``ceil(p * 2**32)``: a position is selected when its 32-bit draw is below it."""
+    try:
+        p = float(mask_prob)
+    except (TypeError, ValueError):
+        raise BioscanError(f"mask_prob must be a number, got {mask_prob!r}") from None
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise BioscanError(f"mask_prob must be in [0, 1], got {mask_prob!r}")
+    # u / 2**32 < p  <=>  u < ceil(p * 2**32) for integer u; p * 2**32 is exact.
+    return math.ceil(p * 2**32)
+
+
+def recipe_thresholds(mask_ratios: Any) -> tuple[int, int]:
+    """The kernel's thresholds of a masking recipe (see :func:`bioscan_io.testing.oracle.mask_action`).
+
+    Parameters
+    ----------
+    mask_ratios : three numbers, or None for :data:`DEFAULT_MASK_RATIOS`
+        Shares of the selected positions set to ``[MASK]``, replaced by a random
+        token, and kept: non-negative, summing to 1 (within 1e-9).
+
+    Returns
+    -------
+    (thr_mask, thr_random) : tuple of int
+        ``ceil(r_mask * 2**32)`` and ``ceil((r_mask + r_random) * 2**32)``.
+
+    Raises
+    ------
+    BioscanError
+        If ``mask_ratios`` is not three such numbers.
+    """
+    if mask_ratios is None:
+        mask_ratios = DEFAULT_MASK_RATIOS
+    what = "mask_ratios must be three non-negative numbers (mask, random, keep) summing to 1"
+    try:
+        ratios = [float(r) for r in mask_ratios]
+    except (TypeError, ValueError):
+        raise BioscanError(f"{what}, got {mask_ratios!r}") from None
+    if (
+        len(ratios) != 3
+        or not all(0.0 <= r <= 1.0 for r in ratios)  # also rejects NaN
+        or abs(math.fsum(ratios) - 1.0) > _RATIO_SUM_TOLERANCE
+    ):
+        raise BioscanError(f"{what}, got {mask_ratios!r}")
+    r_mask, r_random, _ = ratios
+    return math.ceil(r_mask * 2**32), math.ceil((r_mask + r_random) * 2**32)
+
+
+def _check_label_mode(label_mode: Any) -> int:
+    """The kernel's code of ``label_mode``."""
+    if label_mode not in LABEL_MODES:
+        raise BioscanError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    return _LABEL_CODES[label_mode]
+
+
+def decode_ids(ids: Any, vocab: np.ndarray) -> list:
+    """Tokens of ids, by ``vocab`` (an object array of tokens indexed by id).
+
+    Parameters
+    ----------
+    ids : array-like or torch.Tensor of int, 1-D or 2-D
+        Token ids (labels' -100 is not an id).
+
+    Returns
+    -------
+    list
+        A list of str for one row, a list of lists for a batch.
+    """
+    if is_torch(ids):
+        ids = ids.detach().cpu().numpy()
+    a = np.asarray(ids)
+    if a.ndim not in (1, 2) or (a.size and a.dtype.kind not in "iu"):
+        raise BioscanError(f"ids must be a 1-D or 2-D integer array, got {a.dtype} {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= len(vocab)):
+        raise BioscanError(f"ids must be in [0, {len(vocab)})")
+    return vocab[a.astype(np.intp)].tolist()
+
+
 def _sample_keys(processids: Any, seed: int, epoch: int) -> np.ndarray:
     """The generator key of each sample (``seed``/``epoch`` already checked)."""
     pid_hash = processid_keys(processids)
@@ -168,14 +265,8 @@ class KmerTokenizer:
     def __init__(self, k: int = 4, max_len: int = MAX_NUCLEOTIDES, n_as_base: bool = False):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise BioscanError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        if (
-            isinstance(max_len, bool)
-            or not isinstance(max_len, (int, np.integer))
-            or not 0 <= max_len <= _MAX_MAX_LEN
-        ):
-            raise BioscanError(f"max_len must be an integer from 0 to {_MAX_MAX_LEN}, got {max_len!r}")
         self.k = int(k)
-        self.max_len = int(max_len)
+        self.max_len = _check_length(max_len, "max_len")
         self.n_as_base = bool(n_as_base)
         self.n_tokens = self.max_len // self.k
         self._bases = "ACGTN" if self.n_as_base else "ACGT"
@@ -285,16 +376,9 @@ class KmerTokenizer:
         ids : array-like or torch.Tensor of int, 1-D or 2-D
             Ids as returned by :meth:`encode` (labels' -100 is not an id).
         """
-        if is_torch(ids):
-            ids = ids.detach().cpu().numpy()
-        a = np.asarray(ids)
-        if a.ndim not in (1, 2) or (a.size and a.dtype.kind not in "iu"):
-            raise BioscanError(f"ids must be a 1-D or 2-D integer array, got {a.dtype} {a.shape}")
-        if a.size and (a.min() < 0 or a.max() >= self.vocab_size):
-            raise BioscanError(f"ids must be in [0, {self.vocab_size})")
         if self._vocab_array is None:
             self._vocab_array = np.array(self.vocab, dtype=object)
-        return self._vocab_array[a.astype(np.intp)].tolist()
+        return decode_ids(ids, self._vocab_array)
 
     # ----------------------------------------------------------------- encoding
 
@@ -335,7 +419,8 @@ class KmerTokenizer:
         offs = row_offsets(offsets, n)
         ids, att = output_arrays(n, self.n_tokens, dtype, out, ("ids", "attention_mask"))
         # No labels are written: ids stands in for the kernel's labels argument.
-        self._run(chunks, offs, _EMPTY_U64, False, 0, _kmer.LabelMode.NO_LABELS, ids, att, ids)
+        self._run(chunks, offs, _EMPTY_U64, False, 0, _NO_RECIPE, _kmer.LabelMode.NO_LABELS,
+                  ids, att, ids)
         return as_tensors((ids, att), return_tensors)
 
     def encode_mlm(
@@ -345,6 +430,7 @@ class KmerTokenizer:
         seed: int = 0,
         epoch: int = 0,
         mask_prob: float = 0.5,
+        mask_ratios: Any = DEFAULT_MASK_RATIOS,
         label_mode: str = "masked",
         random_offset: bool = False,
         offsets: Any = None,
@@ -356,10 +442,12 @@ class KmerTokenizer:
 
         A position is *maskable* when it is attended and holds a vocabulary k-mer
         (id >= 2; in ``n_as_base`` mode this includes k-mers with ``N``): padding and
-        ``[UNK]`` are never masked. Each maskable position is masked (its id set to
-        ``[MASK]`` = 0) with probability ``mask_prob``, by a draw that depends only on
+        ``[UNK]`` are never masked. Each maskable position is selected with
+        probability ``mask_prob``, by a draw that depends only on
         ``(seed, epoch, processid, position)``, so a sample gets the same mask in any
-        batch, order, worker or process.
+        batch, order, worker or process. A selected position is set to ``[MASK]``
+        (= 0), replaced by a random k-mer, or kept, in the shares ``mask_ratios``,
+        by another draw of the same key (:func:`bioscan_io.testing.oracle.mask_action`).
 
         Parameters
         ----------
@@ -370,11 +458,17 @@ class KmerTokenizer:
         seed, epoch : int in [0, 2**64)
             Together with the processid, select the draws.
         mask_prob : float in [0, 1], default 0.5
-            Probability of masking a maskable position (BarcodeBERT uses 0.5).
+            Probability of selecting a maskable position (BarcodeBERT uses 0.5).
+        mask_ratios : three numbers, default (1.0, 0.0, 0.0)
+            Shares of the selected positions set to ``[MASK]``, replaced by a random
+            k-mer (ids 2 and up, drawn uniformly; it may be the original one), and
+            kept: non-negative, summing to 1. BERT's recipe is ``(0.8, 0.1, 0.1)``;
+            the default, all ``[MASK]``, is BarcodeBERT's.
         label_mode : {"masked", "barcodebert"}
-            ``"masked"``: labels hold the original id at masked positions and -100
-            elsewhere (Hugging Face). ``"barcodebert"``: labels hold ``id - 2`` at every
-            maskable position, masked or not, and -100 elsewhere.
+            ``"masked"``: labels hold the original id at every selected position
+            (masked, replaced or kept) and -100 elsewhere (Hugging Face).
+            ``"barcodebert"``: labels hold ``id - 2`` at every maskable position,
+            selected or not, and -100 elsewhere.
         random_offset : bool, default False
             Start each sequence at an offset drawn uniformly from ``0..k-1`` (from the
             same key; see :meth:`random_offsets`).
@@ -394,14 +488,9 @@ class KmerTokenizer:
         check_return_tensors(return_tensors)
         seed = _check_uint64(seed, "seed")
         epoch = _check_uint64(epoch, "epoch")
-        if label_mode not in LABEL_MODES:
-            raise BioscanError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-        try:
-            p = float(mask_prob)
-        except (TypeError, ValueError):
-            raise BioscanError(f"mask_prob must be a number, got {mask_prob!r}") from None
-        if not 0.0 <= p <= 1.0:  # also rejects NaN
-            raise BioscanError(f"mask_prob must be in [0, 1], got {mask_prob!r}")
+        mode = _check_label_mode(label_mode)
+        thr = _mask_threshold(mask_prob)
+        recipe = recipe_thresholds(mask_ratios)
         if random_offset and offsets is not None:
             raise BioscanError("pass either random_offset=True or offsets, not both")
         chunks = as_chunks(seqs, "seqs")
@@ -410,13 +499,10 @@ class KmerTokenizer:
         if len(keys) != n:
             raise BioscanError(f"got {len(keys)} processids for {n} sequences")
         offs = row_offsets(offsets, n)
-        # u / 2**32 < p  <=>  u < ceil(p * 2**32) for integer u; p * 2**32 is exact.
-        thr = math.ceil(p * 2**32)
         ids, att, labels = output_arrays(
             n, self.n_tokens, dtype, out, ("input_ids", "attention_mask", "labels")
         )
-        self._run(chunks, offs, keys, bool(random_offset), thr, _LABEL_CODES[label_mode],
-                  ids, att, labels)
+        self._run(chunks, offs, keys, bool(random_offset), thr, recipe, mode, ids, att, labels)
         ids, att, labels = as_tensors((ids, att, labels), return_tensors)
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
@@ -429,11 +515,11 @@ class KmerTokenizer:
         _kmer.offsets_from_keys(keys, self.k, out)
         return out
 
-    def _run(self, chunks, offs, keys, random_offset, thr, mode, ids, att, labels) -> None:
+    def _run(self, chunks, offs, keys, random_offset, thr, recipe, mode, ids, att, labels) -> None:
         for c, (r0, r1) in zip(chunks, chunk_bounds(chunks)):
             # Empty offs or keys slice to empty, which the kernel reads as "none".
             _kmer.encode_batch(
                 c.data, c.starts, c.ends, offs[r0:r1], keys[r0:r1], random_offset, self.k,
-                self.max_len, self._lut1, self._lut2, self._idlut, self.pad_id, thr, mode,
-                ids[r0:r1], att[r0:r1], labels[r0:r1],
+                self.max_len, self._lut1, self._lut2, self._idlut, self.pad_id, thr,
+                recipe[0], recipe[1], mode, ids[r0:r1], att[r0:r1], labels[r0:r1],
             )

@@ -1,8 +1,10 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
-"""Compiled kernels of :mod:`bioscan_io.tokenizer` (non-overlapping k-mers + MLM masks).
+"""Compiled kernels of :mod:`bioscan_io.tokenizer` (non-overlapping k-mers + MLM masks)
+and of :mod:`bioscan_io.vocab_tokenizer` (masks over rows tokenized by a user vocabulary).
 
-Every argument is checked by the Python wrapper (``bioscan_io/tokenizer.py``):
+Every argument is checked by the Python wrappers (``bioscan_io/tokenizer.py``,
+``bioscan_io/vocab_tokenizer.py``):
 this module trusts shapes, dtypes, bounds and lookup tables, so that its loops
 stay short and free of the GIL. :mod:`bioscan_io.testing.oracle` is the
 pure-Python oracle that these kernels must match bit for bit; the generator is
@@ -13,7 +15,7 @@ layout of an Arrow binary column, so a batch is tokenized without one Python
 object per sequence.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
 
 ctypedef fused out_t:
@@ -29,6 +31,7 @@ cdef extern from *:
     #define BK_FNV_OFFSET 0xCBF29CE484222325ULL
     #define BK_FNV_PRIME 0x00000100000001B3ULL
     #define BK_SLOW_BASE 0x0000000100000000ULL
+    #define BK_RECIPE_BASE 0x0000000200000000ULL
     #define BK_BYTES_F9 0xF9F9F9F9u
     #define BK_BYTES_41 0x41414141u
     #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) \\
@@ -46,6 +49,7 @@ cdef extern from *:
     uint64_t BK_FNV_OFFSET
     uint64_t BK_FNV_PRIME
     uint64_t BK_SLOW_BASE
+    uint64_t BK_RECIPE_BASE
     uint32_t BK_BYTES_F9
     uint32_t BK_BYTES_41
     bint BK_LITTLE_ENDIAN
@@ -74,6 +78,19 @@ cdef enum:
     # Tokens per block of random draws: bounds the stack buffers whatever
     # max_len is; a multiple of 8 so that blocks start on a draw word.
     BLOCK = 512
+
+
+cdef struct Recipe:
+    # What becomes of a position selected for masking (the oracle's
+    # mask_action): [MASK] when u < thr_mask, a random vocabulary token when
+    # u < thr_random, else kept. thr_mask >= 2**32 is the default recipe, all
+    # [MASK], which draws nothing more. The random token is table[j] for
+    # j < n, or first + j without a table.
+    uint64_t thr_mask
+    uint64_t thr_random
+    int64_t first
+    uint64_t n
+    const int32_t* table
 
 
 cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
@@ -211,6 +228,50 @@ cdef inline void fill_decisions(uint64_t key, Py_ssize_t t0, Py_ssize_t nb,
         t += 1
 
 
+cdef inline int64_t recipe_id(uint64_t key, Py_ssize_t t, const Recipe* rc,
+                              int64_t orig, int64_t mask_id) noexcept nogil:
+    # The id of selected position t under the recipe: one draw from its own
+    # counter range (2**33 + t), apart from those of the selection.
+    cdef uint64_t w, u, j
+    if rc.thr_mask >= BK_SLOW_BASE:
+        return mask_id
+    w = mix64(key + (BK_RECIPE_BASE + <uint64_t>t + 1) * BK_GOLDEN)
+    u = w >> 32
+    if u < rc.thr_mask:
+        return mask_id
+    if u < rc.thr_random:
+        j = (<uint64_t><uint32_t>w * rc.n) >> 32
+        return rc.table[j] if rc.table != NULL else rc.first + <int64_t>j
+    return orig
+
+
+cdef inline void recipe_block(uint64_t key, Py_ssize_t t0, Py_ssize_t nb,
+                              const Recipe* rc, int label_mode, out_t* ids,
+                              const out_t* labels) noexcept nogil:
+    # A post-pass over a masked block of k-mers: the selected positions are
+    # exactly those holding MASK_ID (no k-mer, [UNK] or padding id is 0), and
+    # labels hold their original id (id - 2 in BarcodeBERT mode). They are
+    # gathered first, then each takes its draw and its action by selects: a
+    # branch on a random position or action would be mispredicted often.
+    cdef uint16_t at[BLOCK]
+    cdef Py_ssize_t t, j, m = 0
+    cdef int64_t shift = 0 if label_mode == MASKED_LABELS else 2
+    cdef int64_t v, r, keep_or_random, masked
+    cdef uint64_t w, u
+    for t in range(nb):
+        at[m] = <uint16_t>t
+        m += ids[t] == MASK_ID
+    for j in range(m):
+        t = at[j]
+        w = mix64(key + (BK_RECIPE_BASE + <uint64_t>(t0 + t) + 1) * BK_GOLDEN)
+        u = w >> 32
+        r = rc.first + <int64_t>((<uint64_t><uint32_t>w * rc.n) >> 32)
+        keep_or_random = -<int64_t>(u < rc.thr_random)
+        masked = -<int64_t>(u < rc.thr_mask)
+        v = ((<int64_t>labels[t] + shift) & ~keep_or_random) | (r & keep_or_random)
+        ids[t] = <out_t>(v & ~masked)  # MASK_ID == 0
+
+
 cdef inline int32_t acgt4(const uint8_t* p, int32_t* ok) noexcept nogil:
     # Id - 2 of the 4-mer at p in the ACGT vocabulary, and ok = -1 when all
     # four bytes are bases (0 otherwise, the id is then meaningless). Only
@@ -311,8 +372,8 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
                             const uint8_t* lut1, const uint8_t* lut2,
                             const int32_t* idlut, out_t pad_id,
                             uint64_t key, int label_mode, uint32_t thr_hi,
-                            uint32_t thr_lo, out_t* ids, out_t* att,
-                            out_t* labels) noexcept nogil:
+                            uint32_t thr_lo, const Recipe* rc, out_t* ids,
+                            out_t* att, out_t* labels) noexcept nogil:
     # L is already min(len(s[o:]), max_len): positions < L // k are full
     # k-mers of the sequence (attended, maskable), then at most one partial
     # k-mer completed with N, then padding.
@@ -329,6 +390,8 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
                 fill_decisions(key, t0, nb, thr_hi, thr_lo, d)
             k4_block(x + 4 * t0, nb, d, label_mode, ids + t0, att + t0,
                      labels + t0)
+            if label_mode != NO_LABELS and rc.thr_mask < BK_SLOW_BASE:
+                recipe_block(key, t0, nb, rc, label_mode, ids + t0, labels + t0)
             t0 += nb
     else:
         for t in range(full):
@@ -340,6 +403,8 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
                 nb = full - t0 if full - t0 < BLOCK else BLOCK
                 fill_decisions(key, t0, nb, thr_hi, thr_lo, d)
                 mask_block(nb, d, label_mode, ids + t0, labels + t0)
+                if rc.thr_mask < BK_SLOW_BASE:
+                    recipe_block(key, t0, nb, rc, label_mode, ids + t0, labels + t0)
                 t0 += nb
     t = full
     if t < T:
@@ -370,16 +435,20 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
                  int k, Py_ssize_t max_len,
                  const uint8_t[::1] lut1, const uint8_t[::1] lut2,
                  const int32_t[::1] idlut, int64_t pad_id,
-                 uint64_t thr, int label_mode,
+                 uint64_t thr, uint64_t thr_mask, uint64_t thr_random,
+                 int label_mode,
                  out_t[:, :] ids, out_t[:, :] att, out_t[:, :] labels):
     """Tokenize (and optionally mask) rows ``data[starts[i]:ends[i]]``.
 
     ``offsets`` has one entry per row, or none for offset 0; ``keys`` (from
     :func:`sample_keys`) has one per row when ``random_offset`` or masking
     needs them. ``label_mode`` is a :class:`LabelMode`; ``thr`` is
-    ``ceil(p * 2**32)``. ``lut1``/``lut2`` map one/two bytes to base codes
-    (``BAD`` bit for anything else); ``idlut`` maps base-5 k-mer values to ids
-    in the N-as-a-base vocabulary and is empty otherwise. The outputs may have
+    ``ceil(p * 2**32)``; ``thr_mask`` and ``thr_random`` are the recipe's
+    (``bioscan_io.tokenizer.recipe_thresholds``; ``thr_mask >= 2**32`` is the
+    default, all [MASK]), the random k-mer drawn from ids ``2 .. vocab_size - 1``.
+    ``lut1``/``lut2`` map one/two bytes to base codes (``BAD`` bit for anything
+    else); ``idlut`` maps base-5 k-mer values to ids in the N-as-a-base
+    vocabulary and is empty otherwise. The outputs may have
     any row stride, but each row must be contiguous (unit column stride): rows
     are written through plain pointers.
     """
@@ -390,6 +459,15 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
     cdef bint have_offsets = offsets.shape[0] > 0
     cdef uint64_t key = 0
     cdef uint32_t thr_hi = <uint32_t>(thr >> 24), thr_lo = <uint32_t>(thr & 0xFFFFFF)
+    cdef Recipe rc
+    rc.thr_mask = thr_mask
+    rc.thr_random = thr_random
+    # Random k-mers: ids 2 .. vocab_size - 1, that is radix**k of them.
+    rc.first = 2
+    rc.n = 1
+    for i in range(k):
+        rc.n *= 5 if il != NULL else 4
+    rc.table = NULL
     if T == 0 or n == 0:
         return
     with nogil:
@@ -412,6 +490,70 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
             if L > max_len:
                 L = max_len
             encode_row(base + s if L > 0 else base, L, k, T, &lut1[0], &lut2[0],
-                       il, <out_t>pad_id, key, label_mode, thr_hi, thr_lo,
+                       il, <out_t>pad_id, key, label_mode, thr_hi, thr_lo, &rc,
                        &ids[i, 0], &att[i, 0],
                        &labels[i, 0] if label_mode != NO_LABELS else &ids[i, 0])
+
+
+cdef inline void mask_row(out_t* ids, const out_t* att, out_t* labels, Py_ssize_t T,
+                          uint64_t key, uint32_t thr_hi, uint32_t thr_lo,
+                          const Recipe* rc, int64_t mask_id,
+                          const uint8_t* maskable, const int32_t* classes,
+                          int label_mode) noexcept nogil:
+    # Positions after the last attended one take no draw: a row of a
+    # subword vocabulary is mostly padding.
+    cdef Py_ssize_t end = T, t0, nb, t
+    cdef uint8_t d[BLOCK]
+    cdef int64_t v
+    cdef bint ok
+    while end > 0 and att[end - 1] == 0:
+        end -= 1
+    for t in range(end, T):
+        labels[t] = IGNORE_INDEX
+    t0 = 0
+    while t0 < end:
+        nb = end - t0 if end - t0 < BLOCK else BLOCK
+        fill_decisions(key, t0, nb, thr_hi, thr_lo, d)
+        for t in range(t0, t0 + nb):
+            v = <int64_t>ids[t]
+            ok = att[t] != 0 and maskable[v] != 0
+            if label_mode == MASKED_LABELS:
+                labels[t] = <out_t>v if ok and d[t - t0] else IGNORE_INDEX
+            else:
+                labels[t] = <out_t>classes[v] if ok else IGNORE_INDEX
+            if ok and d[t - t0]:
+                ids[t] = <out_t>recipe_id(key, t, rc, v, mask_id)
+        t0 += nb
+
+
+def mask_rows(const uint64_t[::1] keys, uint64_t thr, uint64_t thr_mask,
+              uint64_t thr_random, int64_t mask_id, const uint8_t[::1] maskable,
+              const int32_t[::1] replace_ids, const int32_t[::1] classes,
+              int label_mode, out_t[:, :] ids, const out_t[:, :] att,
+              out_t[:, :] labels):
+    """Mask rows of ids that are already tokenized (a user vocabulary).
+
+    The selection and the recipe are those of :func:`encode_batch`, position
+    ``t`` of row ``i`` drawn from ``keys[i]``: a position is maskable when
+    attended and ``maskable[id]`` is non-zero; a selected one becomes
+    ``mask_id``, ``replace_ids[j]`` (the random token) or stays. Labels: the
+    original id at selected positions (``MASKED_LABELS``), or ``classes[id]`` at
+    every maskable one (``BARCODEBERT_LABELS``); -100 elsewhere. Every id must
+    index ``maskable`` and ``classes``; ``replace_ids`` lists the maskable ids
+    (it is only read at a selected, hence maskable, position). Rows must be contiguous, as for
+    :func:`encode_batch`.
+    """
+    cdef Py_ssize_t i, n = ids.shape[0], T = ids.shape[1]
+    cdef uint32_t thr_hi = <uint32_t>(thr >> 24), thr_lo = <uint32_t>(thr & 0xFFFFFF)
+    cdef Recipe rc
+    rc.thr_mask = thr_mask
+    rc.thr_random = thr_random
+    rc.first = 0
+    rc.n = <uint64_t>replace_ids.shape[0]
+    rc.table = &replace_ids[0] if replace_ids.shape[0] > 0 else NULL
+    if T == 0 or n == 0:
+        return
+    with nogil:
+        for i in range(n):
+            mask_row(&ids[i, 0], &att[i, 0], &labels[i, 0], T, keys[i], thr_hi,
+                     thr_lo, &rc, mask_id, &maskable[0], &classes[0], label_mode)

@@ -4,9 +4,11 @@ This is the slow, obviously-correct re-implementation of what the compiled
 kernel ``bioscan_io._kmer`` computes through
 :class:`bioscan_io.tokenizer.KmerTokenizer`: tokenization, random offsets and
 masking, written for clarity with Python integers, one sequence and one
-position at a time, straight from the specification. The kernel must agree
-with it bit for bit. It is for tests, and for users who want to check the
-kernel on their own machine or data; the loader never uses it.
+position at a time, straight from the specification; and of the masking of
+:class:`bioscan_io.vocab_tokenizer.VocabTokenizer` (:func:`mask_row`, over ids
+that Hugging Face ``tokenizers`` gave). The kernel must agree with it bit for
+bit. It is for tests, and for users who want to check the kernel on their own
+machine or data; the loader never uses it.
 
 Only the specification's constants -- the special tokens, their ids and the
 ignored-label value -- are imported from the tokenizer, so that they have one
@@ -14,7 +16,8 @@ definition. Everything the kernel computes (vocabulary order, k-mer ids,
 padding, the generator and its constants, the masking rule, labels) is written
 again here from the specification, independently of the kernel's code.
 
-It is also the normative definition of the random generator.
+It is also the normative definition of the random generator and of the
+masking recipes.
 
 Random generator
 ----------------
@@ -49,20 +52,53 @@ All arithmetic is modulo ``2**64``. ``GOLDEN = 0x9E3779B97F4A7C15``.
     needs the second one only when the top byte ties the threshold's.)
 
 ``masked(key, t, p)``
-    ``uniform32(key, t) / 2**32 < p``, for a maskable position ``t``.
+    ``uniform32(key, t) / 2**32 < p``, for a maskable position ``t``: whether
+    ``t`` is *selected* for masking.
+
+``mask_action(key, t, (r_mask, r_random, r_keep), n)`` for a selected position ``t``
+    ``w = rand(key, 2**33 + t)`` and ``u = w >> 32``. The action is ``MASK`` if
+    ``u < ceil(r_mask * 2**32)``, else ``RANDOM`` if
+    ``u < ceil((r_mask + r_random) * 2**32)`` (the sum in double precision),
+    else ``KEEP``. A ``RANDOM`` position takes the ``j``-th maskable token,
+    ``j = ((w & 0xFFFFFFFF) * n) >> 32``, where the ``n`` maskable tokens are taken
+    in increasing id order (k-mers: ids ``2 .. vocab_size - 1``, so the id is
+    ``2 + j``); it may be the original token, as in BERT. With ``r_mask = 1``
+    (the default recipe, ``(1, 0, 0)``) every selected position is ``MASK``,
+    whatever ``w``, so the kernel does not draw it.
+
+Masking a row
+-------------
+A position is *maskable* when it is attended and holds a maskable token (the
+k-mers, ids ``>= 2``; for a user vocabulary, every token but the special ones:
+the tokenizer's added tokens marked special, its unknown token, ``[PAD]`` and
+``[MASK]``).
+Each selected position becomes ``[MASK]``, a random token, or keeps its id, by
+``mask_action``. Labels, -100 wherever not said otherwise:
+
+- ``"masked"``: the original id at every selected position (masked, replaced or
+  kept);
+- ``"barcodebert"``: at every maskable position, the token's rank among the
+  maskable tokens (``id - 2`` for k-mers).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import math
 from typing import Sequence
 
 from ..tokenizer import IGNORE_INDEX, MASK_ID, MASK_TOKEN, UNK_ID, UNK_TOKEN
 
 __all__ = [
+    "DEFAULT_MASK_RATIOS",
     "FNV_OFFSET",
     "FNV_PRIME",
     "GOLDEN",
+    "KEEP",
+    "MASK",
+    "RANDOM",
+    "RECIPE_COUNTER",
     "as_bytes",
     "encode",
     "encode_mlm",
@@ -70,6 +106,8 @@ __all__ = [
     "encode_one",
     "fnv1a64",
     "is_masked",
+    "mask_action",
+    "mask_row",
     "mix64",
     "offset_draw",
     "rand",
@@ -84,6 +122,13 @@ GOLDEN = 0x9E3779B97F4A7C15
 M64 = (1 << 64) - 1
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
+# mask_action's draws: counters from 2**33 on, apart from uniform32's.
+RECIPE_COUNTER = 2**33
+
+#: What becomes of a selected position (:func:`mask_action`).
+MASK, RANDOM, KEEP = "mask", "random", "keep"
+#: The default recipe: every selected position becomes [MASK] (BarcodeBERT).
+DEFAULT_MASK_RATIOS = (1.0, 0.0, 0.0)
 
 
 def mix64(z: int) -> int:
@@ -140,6 +185,55 @@ def is_masked(key: int, t: int, p: float) -> bool:
     return uniform32(key, t) / 2**32 < p
 
 
+def mask_action(
+    key: int, t: int, mask_ratios: Sequence[float] = DEFAULT_MASK_RATIOS, n: int = 1
+) -> tuple[str, int | None]:
+    """What becomes of selected position ``t``: ``(MASK | RANDOM | KEEP, j)``.
+
+    ``j`` (``RANDOM`` only, else None) indexes the ``n`` maskable tokens in
+    increasing id order.
+    """
+    w = rand(key, RECIPE_COUNTER + t)
+    u = w >> 32
+    r_mask, r_random = float(mask_ratios[0]), float(mask_ratios[1])
+    if u < math.ceil(r_mask * 2**32):
+        return MASK, None
+    if u < math.ceil((r_mask + r_random) * 2**32):
+        return RANDOM, ((w & 0xFFFFFFFF) * n) >> 32
+    return KEEP, None
+
+
+def mask_row(
+    ids: Sequence[int],
+    att: Sequence[int],
+    key: int,
+    maskable: Sequence[int],
+    mask_id: int,
+    mask_prob: float = 0.5,
+    mask_ratios: Sequence[float] = DEFAULT_MASK_RATIOS,
+    label_mode: str = "masked",
+) -> tuple[list[int], list[int]]:
+    """Masked ids and labels of one tokenized row (any vocabulary).
+
+    ``maskable`` holds the ids of the maskable tokens in increasing order (a list,
+    or a range for the k-mers); ``mask_id`` is the id of ``[MASK]``.
+    """
+    ids = list(ids)
+    labels = []
+    for t, (v, a) in enumerate(zip(ids, att)):
+        rank = bisect.bisect_left(maskable, v)
+        ok = a == 1 and rank < len(maskable) and maskable[rank] == v
+        selected = ok and is_masked(key, t, mask_prob)
+        if label_mode == "masked":
+            labels.append(v if selected else IGNORE_INDEX)
+        else:
+            labels.append(rank if ok else IGNORE_INDEX)
+        if selected:
+            action, j = mask_action(key, t, mask_ratios, len(maskable))
+            ids[t] = mask_id if action == MASK else maskable[j] if action == RANDOM else v
+    return ids, labels
+
+
 def vocabulary(k: int, n_as_base: bool = False) -> list[str]:
     """Tokens by id: [MASK], [UNK], ACGT k-mers, then (n_as_base) those with N."""
     vocab = [MASK_TOKEN, UNK_TOKEN]
@@ -187,22 +281,18 @@ def encode_mlm_one(
     random_offset: bool = False,
     offset: int = 0,
     n_as_base: bool = False,
+    mask_ratios: Sequence[float] = DEFAULT_MASK_RATIOS,
 ) -> tuple[list[int], list[int], list[int]]:
     """Masked ids, attention mask and labels of one sequence."""
     key = sample_key(processid, seed, epoch)
     if random_offset:
         offset = offset_draw(key, k)
     ids, att = encode_one(seq, k, max_len, offset, n_as_base)
-    labels = []
-    for t, (v, a) in enumerate(zip(ids, att)):
-        maskable = a == 1 and v >= 2
-        masked = maskable and is_masked(key, t, mask_prob)
-        if label_mode == "masked":
-            labels.append(v if masked else IGNORE_INDEX)
-        else:
-            labels.append(v - 2 if maskable else IGNORE_INDEX)
-        if masked:
-            ids[t] = MASK_ID
+    # The k-mers are the maskable tokens: ids 2 .. vocab_size - 1.
+    n_kmers = (5 if n_as_base else 4) ** k
+    ids, labels = mask_row(
+        ids, att, key, range(2, 2 + n_kmers), MASK_ID, mask_prob, mask_ratios, label_mode
+    )
     return ids, att, labels
 
 
