@@ -8,7 +8,8 @@ The public API, imported on first use so that ``import bioscan_io`` stays cheap
 The data path, module by module: ``schema`` (the dataset's facts) ->
 ``metadata`` + ``sources`` (records and images) -> ``shard`` (plan, write,
 describe) -> ``format`` (the shard format) -> ``loader`` + ``tasks`` (epochs,
-batches) with ``tokenizer`` and ``images`` (the per-batch work).
+batches) with ``tokenizer`` / ``vocab_tokenizer``, ``images`` and ``text``
+(the per-batch work); ``recipes`` holds the model family's settings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _API = {
     "make_loader": "loader",
     "BioscanLoader": "loader",
     "KmerTokenizer": "tokenizer",
+    "VocabTokenizer": "vocab_tokenizer",
+    "RECIPES": "recipes",
     "shard_split": "shard",
     "verify_split": "verify",
     "read_metadata": "metadata",

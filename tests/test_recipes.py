@@ -240,3 +240,11 @@ def test_barcodemamba_recipe_pads_characters_on_the_left_with_n(shards, barcodes
         assert mask.tolist() == [0] * (660 - len(seq)) + [1] * len(seq)
     with pytest.raises(BioscanError, match="recipe 'barcodemamba', which sets a tokenizer, or k"):
         make_loader(shards, "embed", recipe="barcodemamba", k=6)
+
+
+def test_the_top_level_api_names_resolve():
+    import bioscan_io
+
+    for name in bioscan_io.__all__:
+        assert getattr(bioscan_io, name) is not None, name
+    assert bioscan_io.RECIPES is RECIPES
