@@ -322,9 +322,14 @@ def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
     return tuple(int(v) for v in colour)
 
 
-def _draw_angle(rng: random.Random, rotate: float) -> float:
-    """torchvision's ``RandomRotation((-rotate, rotate))`` angle; no draw when ``rotate`` is 0."""
-    return rng.uniform(-rotate, rotate) if rotate else 0.0
+def _train_draws(width: int, height: int, rng: random.Random, hflip: bool, vflip: bool, scale, ratio,
+                 pre_resize, rotate: float) -> tuple[tuple, bool, bool, float]:
+    """A training sample's draws in the chain's order: crop box, one per enabled flip, the angle (if ``rotate``)."""
+    box = random_resized_crop_box(width, height, rng, scale=scale, ratio=ratio, pre_resize=pre_resize)
+    h_flip = hflip and rng.random() < 0.5
+    v_flip = vflip and rng.random() < 0.5
+    angle = rng.uniform(-rotate, rotate) if rotate else 0.0
+    return box, h_flip, v_flip, angle
 
 
 def _rotated(img: Image.Image, angle: float, hflip: bool, vflip: bool, fill) -> Image.Image:
@@ -455,10 +460,7 @@ def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True,
     colour = _augment_args(pre_resize, rotate, fill)
     data = _as_bytes(data)
     (width, height), fast, img = _header(data, where)
-    box = random_resized_crop_box(width, height, rng, scale=scale, ratio=ratio, pre_resize=pre_resize)
-    h_flip = hflip and rng.random() < 0.5
-    v_flip = vflip and rng.random() < 0.5
-    angle = _draw_angle(rng, rotate)
+    box, h_flip, v_flip, angle = _train_draws(width, height, rng, hflip, vflip, scale, ratio, pre_resize, rotate)
     out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling, angle, colour)
     return out.load() if not lazy or not has_eoi(data) else out
 
@@ -485,11 +487,9 @@ def train_transform(img: Image.Image, size: int, rng: random.Random, hflip: bool
     on a boundary between two source pixels, take the neighbour).
     """
     colour = _augment_args(pre_resize, rotate, fill)
-    box = random_resized_crop_box(img.width, img.height, rng, scale=scale, ratio=ratio, pre_resize=pre_resize)
-    out = _crop_resize(img, box, (size, size))
-    h_flip = hflip and rng.random() < 0.5
-    v_flip = vflip and rng.random() < 0.5
-    out = _rotated(out, _draw_angle(rng, rotate), h_flip, v_flip, colour)
+    box, h_flip, v_flip, angle = _train_draws(img.width, img.height, rng, hflip, vflip, scale, ratio, pre_resize,
+                                              rotate)
+    out = _rotated(_crop_resize(img, box, (size, size)), angle, h_flip, v_flip, colour)
     if h_flip:
         out = out.transpose(_FLIP_LR)
     if v_flip:

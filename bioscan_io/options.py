@@ -21,7 +21,7 @@ from .recipes import RECIPES
 from .schema import MAX_NUCLEOTIDES, RANKS, BioscanError
 from .tasks import TASKS
 from .text import CLIBD_TEXT_MAX_LEN
-from .tokenizer import LABEL_MODES, MAX_K, recipe_thresholds
+from .tokenizer import DEFAULT_MASK_RATIOS, LABEL_MODES, MAX_K, recipe_thresholds
 
 __all__ = ["Option", "LOADER_OPTIONS", "check_options", "resolve"]
 
@@ -97,7 +97,7 @@ LOADER_OPTIONS = {
     "max_len": Option("int", low=0, default=MAX_NUCLEOTIDES),
     "n_as_base": Option("bool", default=False),
     "mask_prob": Option("number", low=0, high=1, default=0.5),
-    "mask_ratios": Option("ratios", default=(1.0, 0.0, 0.0)),
+    "mask_ratios": Option("ratios", default=DEFAULT_MASK_RATIOS),
     "label_mode": Option("choice", choices=LABEL_MODES, default="masked"),
     "random_offset": Option("bool", default=False),
     "tokenizer": Option("any", optional=True),
@@ -131,9 +131,9 @@ def resolve(values: dict, recipe: str | None, task: str) -> dict:
     Only None is replaced, so an option the caller sets always wins over the recipe.
     """
     check_options({"recipe": recipe, "task": task})
-    chosen = RECIPES[recipe].options_for(task) if recipe is not None else {}
+    unset = {name for name in LOADER_OPTIONS if name in values and values[name] is None}
+    chosen = RECIPES[recipe].options_for(task, unset) if recipe is not None else {}
     out = dict(values)
-    for name, option in LOADER_OPTIONS.items():
-        if name in out and out[name] is None:
-            out[name] = chosen.get(name, option.default)
+    for name in unset:
+        out[name] = chosen.get(name, LOADER_OPTIONS[name].default)
     return out

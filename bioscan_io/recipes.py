@@ -50,12 +50,17 @@ class Recipe:
         for name in ("options", "sources", "built"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
-    def options_for(self, task: str) -> dict[str, Any]:
-        """The options for ``task``; a task the model does not train is refused in one line."""
+    def options_for(self, task: str, wanted=None) -> dict[str, Any]:
+        """The options for ``task``; a task the model does not train is refused in one line.
+
+        ``wanted``: the names the caller left to the recipe (default all); a
+        ``built`` option is made only when wanted.
+        """
         if task not in self.tasks:
             names = ", ".join(repr(t) for t in self.tasks)
             raise BioscanError(f"recipe for {self.model} applies to task {names}, not {task!r}")
-        return {**self.options, **{name: make() for name, make in self.built.items()}}
+        built = {name: make() for name, make in self.built.items() if wanted is None or name in wanted}
+        return {**self.options, **built}
 
 
 #: BarcodeMamba's character vocabulary, in id order (utils/char_tokenizer.py).

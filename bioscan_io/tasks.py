@@ -40,7 +40,7 @@ from . import handover
 from . import images as im
 from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .text import TextTokens
-from .tokenizer import KmerTokenizer
+from .tokenizer import DEFAULT_MASK_RATIOS, KmerTokenizer
 
 __all__ = ["MODALITIES", "TaskSpec", "TASKS", "TokenizerConfig", "ImageConfig", "Task", "choose_modalities"]
 
@@ -137,7 +137,7 @@ class TokenizerConfig:
     label_mode: str = "masked"
     random_offset: bool = False
     token_dtype: torch.dtype = torch.int64
-    mask_ratios: tuple = (1.0, 0.0, 0.0)
+    mask_ratios: tuple = DEFAULT_MASK_RATIOS
     tokenizer: object = None
 
     from_options = classmethod(_from_options)

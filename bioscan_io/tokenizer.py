@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -206,6 +206,22 @@ def _check_label_mode(label_mode: Any) -> int:
     return _LABEL_CODES[label_mode]
 
 
+class _Masking(NamedTuple):
+    """``encode_mlm``'s masking arguments, checked, as the kernels take them."""
+
+    seed: int
+    epoch: int
+    thr: int  # selection threshold (_mask_threshold)
+    recipe: tuple[int, int]  # (thr_mask, thr_random) (recipe_thresholds)
+    mode: int  # the label mode's kernel code
+
+
+def _masking(seed: Any, epoch: Any, mask_prob: Any, mask_ratios: Any, label_mode: Any) -> _Masking:
+    """Check ``encode_mlm``'s masking arguments (every tokenizer's), one line for the first bad one."""
+    return _Masking(_check_uint64(seed, "seed"), _check_uint64(epoch, "epoch"), _mask_threshold(mask_prob),
+                    recipe_thresholds(mask_ratios), _check_label_mode(label_mode))
+
+
 def decode_ids(ids: Any, vocab: np.ndarray) -> list:
     """Tokens of ids, by ``vocab`` (an object array of tokens indexed by id).
 
@@ -229,9 +245,11 @@ def decode_ids(ids: Any, vocab: np.ndarray) -> list:
     return vocab[a.astype(np.intp)].tolist()
 
 
-def _sample_keys(processids: Any, seed: int, epoch: int) -> np.ndarray:
-    """The generator key of each sample (``seed``/``epoch`` already checked)."""
+def _sample_keys(processids: Any, seed: int, epoch: int, n: int | None = None) -> np.ndarray:
+    """The generator key of each sample (``seed``/``epoch`` already checked); one per sequence if ``n``."""
     pid_hash = processid_keys(processids)
+    if n is not None and len(pid_hash) != n:
+        raise BioscanError(f"got {len(pid_hash)} processids for {n} sequences")
     keys = np.empty(len(pid_hash), dtype=np.uint64)
     _kmer.sample_keys(pid_hash, seed, epoch, keys)
     return keys
@@ -486,23 +504,17 @@ class KmerTokenizer:
             ``(len(seqs), max_len // k)``.
         """
         check_return_tensors(return_tensors)
-        seed = _check_uint64(seed, "seed")
-        epoch = _check_uint64(epoch, "epoch")
-        mode = _check_label_mode(label_mode)
-        thr = _mask_threshold(mask_prob)
-        recipe = recipe_thresholds(mask_ratios)
+        m = _masking(seed, epoch, mask_prob, mask_ratios, label_mode)
         if random_offset and offsets is not None:
             raise BioscanError("pass either random_offset=True or offsets, not both")
         chunks = as_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
-        keys = _sample_keys(processids, seed, epoch)
-        if len(keys) != n:
-            raise BioscanError(f"got {len(keys)} processids for {n} sequences")
+        keys = _sample_keys(processids, m.seed, m.epoch, n)
         offs = row_offsets(offsets, n)
         ids, att, labels = output_arrays(
             n, self.n_tokens, dtype, out, ("input_ids", "attention_mask", "labels")
         )
-        self._run(chunks, offs, keys, bool(random_offset), thr, recipe, mode, ids, att, labels)
+        self._run(chunks, offs, keys, bool(random_offset), m.thr, m.recipe, m.mode, ids, att, labels)
         ids, att, labels = as_tensors((ids, att, labels), return_tensors)
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 

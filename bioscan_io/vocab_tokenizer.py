@@ -49,13 +49,10 @@ from .tokenizer import (
     IGNORE_INDEX,
     MASK_TOKEN,
     UNK_TOKEN,
-    _check_label_mode,
     _check_length,
-    _check_uint64,
-    _mask_threshold,
+    _masking,
     _sample_keys,
     decode_ids,
-    recipe_thresholds,
 )
 
 __all__ = ["PAD_TOKEN", "PADDING_SIDES", "VocabTokenizer"]
@@ -432,24 +429,18 @@ class VocabTokenizer:
             ``(len(seqs), n_tokens)``.
         """
         check_return_tensors(return_tensors)
-        seed = _check_uint64(seed, "seed")
-        epoch = _check_uint64(epoch, "epoch")
-        mode = _check_label_mode(label_mode)
-        thr = _mask_threshold(mask_prob)
-        thr_mask, thr_random = recipe_thresholds(mask_ratios)
+        m = _masking(seed, epoch, mask_prob, mask_ratios, label_mode)
         if random_offset:
             raise BioscanError("random_offset is for k-mer reading frames; VocabTokenizer takes offsets= only")
         if self.mask_id is None:
             raise BioscanError(f"the vocabulary has no {self._mask_token} token, which encode_mlm writes")
         rows = self._rows(seqs, offsets)
-        keys = _sample_keys(processids, seed, epoch)
-        if len(keys) != len(rows):
-            raise BioscanError(f"got {len(keys)} processids for {len(rows)} sequences")
+        keys = _sample_keys(processids, m.seed, m.epoch, len(rows))
         ids, att, labels = output_arrays(
             len(rows), self.n_tokens, dtype, out, ("input_ids", "attention_mask", "labels")
         )
         self._fill(rows, ids, att)
-        _kmer.mask_rows(keys, thr, thr_mask, thr_random, self.mask_id, self._maskable, self._replace_ids,
-                        self._classes, mode, ids, att, labels)
+        _kmer.mask_rows(keys, m.thr, *m.recipe, self.mask_id, self._maskable, self._replace_ids,
+                        self._classes, m.mode, ids, att, labels)
         ids, att, labels = as_tensors((ids, att, labels), return_tensors)
         return {"input_ids": ids, "attention_mask": att, "labels": labels}

@@ -228,14 +228,19 @@ cdef inline void fill_decisions(uint64_t key, Py_ssize_t t0, Py_ssize_t nb,
         t += 1
 
 
+cdef inline uint64_t recipe_word(uint64_t key, Py_ssize_t t) noexcept nogil:
+    # Selected position t's recipe draw: from its own counter range (2**33 + t),
+    # apart from those of the selection.
+    return mix64(key + (BK_RECIPE_BASE + <uint64_t>t + 1) * BK_GOLDEN)
+
+
 cdef inline int64_t recipe_id(uint64_t key, Py_ssize_t t, const Recipe* rc,
                               int64_t orig, int64_t mask_id) noexcept nogil:
-    # The id of selected position t under the recipe: one draw from its own
-    # counter range (2**33 + t), apart from those of the selection.
+    # The id of selected position t under the recipe.
     cdef uint64_t w, u, j
     if rc.thr_mask >= BK_SLOW_BASE:
         return mask_id
-    w = mix64(key + (BK_RECIPE_BASE + <uint64_t>t + 1) * BK_GOLDEN)
+    w = recipe_word(key, t)
     u = w >> 32
     if u < rc.thr_mask:
         return mask_id
@@ -263,7 +268,7 @@ cdef inline void recipe_block(uint64_t key, Py_ssize_t t0, Py_ssize_t nb,
         m += ids[t] == MASK_ID
     for j in range(m):
         t = at[j]
-        w = mix64(key + (BK_RECIPE_BASE + <uint64_t>(t0 + t) + 1) * BK_GOLDEN)
+        w = recipe_word(key, t0 + t)
         u = w >> 32
         r = rc.first + <int64_t>((<uint64_t><uint32_t>w * rc.n) >> 32)
         keep_or_random = -<int64_t>(u < rc.thr_random)

@@ -10,8 +10,8 @@ that Hugging Face ``tokenizers`` gave). The kernel must agree with it bit for
 bit. It is for tests, and for users who want to check the kernel on their own
 machine or data; the loader never uses it.
 
-Only the specification's constants -- the special tokens, their ids and the
-ignored-label value -- are imported from the tokenizer, so that they have one
+Only the specification's constants -- the special tokens, their ids, the
+ignored-label value and the default masking recipe -- are imported from the tokenizer, so that they have one
 definition. Everything the kernel computes (vocabulary order, k-mer ids,
 padding, the generator and its constants, the masking rule, labels) is written
 again here from the specification, independently of the kernel's code.
@@ -88,7 +88,7 @@ import itertools
 import math
 from typing import Sequence
 
-from ..tokenizer import IGNORE_INDEX, MASK_ID, MASK_TOKEN, UNK_ID, UNK_TOKEN
+from ..tokenizer import DEFAULT_MASK_RATIOS, IGNORE_INDEX, MASK_ID, MASK_TOKEN, UNK_ID, UNK_TOKEN
 
 __all__ = [
     "DEFAULT_MASK_RATIOS",
@@ -127,8 +127,6 @@ RECIPE_COUNTER = 2**33
 
 #: What becomes of a selected position (:func:`mask_action`).
 MASK, RANDOM, KEEP = "mask", "random", "keep"
-#: The default recipe: every selected position becomes [MASK] (BarcodeBERT).
-DEFAULT_MASK_RATIOS = (1.0, 0.0, 0.0)
 
 
 def mix64(z: int) -> int:
