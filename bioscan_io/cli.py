@@ -129,8 +129,16 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", type=int, default=10_000, help="number of records (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default {DEFAULT_PACKAGE})")
-    p.add_argument("--workers", type=int, default=None, help="image worker processes (default: all CPUs)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for the images and large metadata (default: all CPUs)")
     p.add_argument("--no-images", action="store_true", help="write the metadata only")
+    p.add_argument("--official-splits", action="store_true",
+                   help="split the records in the proportions of the published release (91%% pretrain; its very "
+                        "counts at --records 5150850) instead of the default shares, which give every split at "
+                        "least ~3%%")
+    p.add_argument("--image-pool", type=int, default=None, metavar="N",
+                   help="render only N images and hard-link every other record's image to one of them "
+                        "(a full-size dataset with images in seconds of rendering; default: one image per record)")
     _progress_argument(p)
 
 
@@ -138,7 +146,8 @@ def _generate(args) -> None:
     from .synth import generate
 
     ds = generate(args.root, n_records=args.records, seed=args.seed, package=args.package, workers=args.workers,
-                  images=not args.no_images, progress=_progress(args))
+                  images=not args.no_images, progress=_progress(args), official_splits=args.official_splits,
+                  image_pool=args.image_pool)
     print(ds.summary())
 
 

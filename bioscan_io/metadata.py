@@ -36,8 +36,8 @@ from .schema import (
     BioscanError,
 )
 
-__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "file_sha256", "cache_path", "open_cached",
-           "clear_cache", "label_values", "label_indices"]
+__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "take_rows", "column_numpy", "fixed_width", "RowLookup",
+           "file_sha256", "cache_path", "open_cached", "clear_cache", "label_values", "label_indices"]
 
 _ARROW_TYPES = {
     "str": pa.string(),
@@ -218,10 +218,9 @@ def _validate(table: pa.Table, path: Path) -> None:
     if pid.null_count:
         row = int(np.flatnonzero(pc.is_null(pid).to_numpy(zero_copy_only=False))[0])
         raise BioscanError(f"metadata {path}: record {row + 1} has no processid")
-    counts = pc.value_counts(pid)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    dup = _duplicates(pid)
     if len(dup):
-        names = ", ".join(str(v) for v in dup.field("values")[:5].to_pylist())
+        names = ", ".join(dup[:5])
         more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
         raise BioscanError(f"metadata {path}: duplicate processid {names}{more}")
     split = table.column("split")
@@ -234,6 +233,25 @@ def _validate(table: pa.Table, path: Path) -> None:
             f"metadata {path}: record {row + 1} ({pid[row].as_py()}) has unknown split {value!r}; "
             f"valid splits are {', '.join(SPLITS)}"
         )
+
+
+def _duplicates(pid: pa.ChunkedArray) -> list[str]:
+    """The processids found more than once, in the order of their first record.
+
+    By sorting fixed-width bytes (~16 bytes a record): a hash table of 5.15M
+    Arrow strings (``value_counts``) would cost ~600 MB more at its peak.
+    """
+    keys = fixed_width(pid)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    repeat = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1  # not the first of its run of equal keys
+    if not len(repeat):
+        return []
+    first = order[repeat - 1]  # stable sort: the previous equal key comes first in the file, too
+    found = {}
+    for row in np.sort(first).tolist():
+        found.setdefault(pid[row].as_py(), None)
+    return list(found)
 
 
 def read_metadata(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> pa.Table:
@@ -349,3 +367,123 @@ def select_rows(table: pa.Table, splits: tuple[str, ...]) -> np.ndarray:
     """Row numbers of the records of ``splits``, in file order."""
     mask = pc.is_in(table.column("split"), value_set=pa.array(splits))
     return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int64)
+
+
+def take_rows(table: pa.Table, rows, columns=None) -> pa.Table:
+    """The rows ``rows`` of ``table`` (in that order), taken record batch by record batch.
+
+    ``Table.take`` first concatenates each whole column into one array; the
+    ``dna_barcode`` column of BIOSCAN-5M holds ~3.3 GB, past the 2 GiB that an
+    Arrow ``string`` array's 32-bit offsets can address. Here only the batches
+    that hold a wanted row are read (so a memory-mapped table costs the pages of
+    those rows), and string columns come back as ``large_string``.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        The metadata, e.g. memory-mapped by :func:`open_cached`.
+    rows : array-like of int
+        Row numbers, in any order (repeats allowed).
+    columns : list of str, optional
+        The columns wanted (default: all).
+    """
+    if columns is not None:
+        table = table.select(list(columns))
+    schema = pa.schema([pa.field(f.name, _large(f.type)) for f in table.schema])
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= table.num_rows):
+        raise IndexError(f"row numbers out of range 0..{table.num_rows - 1}")
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    batches = table.to_batches()
+    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    cuts = np.searchsorted(ordered, starts)  # the rows of batch b: ordered[cuts[b]:cuts[b + 1]]
+    parts = [batches[b].take(pa.array(ordered[cuts[b]:cuts[b + 1]] - starts[b])).cast(schema)
+             for b in range(len(batches)) if cuts[b + 1] > cuts[b]]
+    taken = pa.Table.from_batches(parts, schema=schema)
+    if np.all(order[1:] > order[:-1]):
+        return taken  # asked in file order: no reordering
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return taken.take(pa.array(back))  # 64-bit offsets: no limit on the rows' total size
+
+
+def _large(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(kind):
+        return pa.large_string()
+    if pa.types.is_binary(kind):
+        return pa.large_binary()
+    return kind
+
+
+def column_numpy(column: pa.ChunkedArray | pa.Array, dtype=None) -> np.ndarray:
+    """A fixed-width column (lengths, numbers) as one numpy array, chunk by chunk."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [c.to_numpy(zero_copy_only=False) for c in chunks]
+    out = np.concatenate(parts) if parts else np.empty(0)
+    return out.astype(dtype, copy=False) if dtype is not None else out
+
+
+class RowLookup:
+    """Processid -> row number for millions of records, without a Python object per record.
+
+    The processids of the chosen rows are held as one sorted numpy array of
+    fixed-width bytes (~16 bytes a record) and looked up by binary search: a
+    shard's keys are found in microseconds each, whatever the metadata's size.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        The metadata.
+    rows : numpy.ndarray
+        The rows to look up among (e.g. :func:`select_rows` of a split).
+    """
+
+    def __init__(self, table: pa.Table, rows: np.ndarray):
+        rows = np.asarray(rows, dtype=np.int64)
+        pids = fixed_width(take_rows(table, rows, ["processid"]).column(0))
+        order = np.argsort(pids, kind="stable")
+        self.keys, self.rows = pids[order], rows[order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def positions(self, keys) -> np.ndarray:
+        """The position of each key in :attr:`keys` (sorted order), -1 where absent."""
+        encoded = [k.encode("utf-8", "surrogateescape") for k in keys]
+        fits = np.array([len(e) <= self.keys.itemsize for e in encoded], dtype=bool)  # numpy would cut the rest
+        wanted = np.array([e if ok else b"" for e, ok in zip(encoded, fits)], dtype=self.keys.dtype)
+        if not len(self.keys):
+            return np.full(len(wanted), -1, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(fits & (self.keys[at] == wanted), at, -1)
+
+    def find(self, keys) -> np.ndarray:
+        """The row number of each key, -1 where absent."""
+        at = self.positions(keys)
+        return np.where(at >= 0, self.rows[at], -1) if len(self.rows) else at
+
+
+def fixed_width(column) -> np.ndarray:
+    """Strings as one numpy ``S`` array (bytes padded with NULs), built from the Arrow buffers.
+
+    Millions of processids or image paths held this way cost their bytes, not a
+    Python object each (~60 bytes more a string). ``column``: an Arrow string
+    array (chunked or not) or a sequence of str.
+    """
+    if not isinstance(column, (pa.Array, pa.ChunkedArray)):
+        column = pa.array(column, pa.large_string())
+    chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
+    width = max([int(pc.max(pc.binary_length(c)).as_py() or 0) for c in chunks] + [1])
+    out = np.zeros((sum(len(c) for c in chunks), width), np.uint8)
+    at = 0
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_binary())
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(chunk.buffers()[2], np.uint8) if chunk.buffers()[2] is not None else np.empty(0, np.uint8)
+        lengths = np.diff(offsets)
+        row = np.repeat(np.arange(len(chunk)), lengths)
+        col = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)
+        out[at + row, col] = data[offsets[0]:offsets[-1]]
+        at += len(chunk)
+    return out.view(f"S{width}").ravel()

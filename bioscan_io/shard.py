@@ -198,7 +198,7 @@ def write_shard(task: tuple) -> ShardInfo:
     has its index beside it.
     """
     folder, name, rows, images = task
-    table = _TABLE.take(pa.array(rows))
+    table = md.take_rows(_TABLE, rows)  # only this shard's rows of the memory map are read
     records = table.to_pylist()
     spans = {ext: (np.empty(len(records), np.int64), np.empty(len(records), np.int64)) for ext in MEMBERS}
     with atomic.replacing(os.path.join(folder, name), sync=True) as tmp:
@@ -277,12 +277,18 @@ def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def _run_tasks(plan: SplitPlan, tasks, finished: dict, workers, progress: bool) -> None:
-    """Write the shards not yet finished, logging each as it completes."""
+def _run_tasks(plan: SplitPlan, tasks, count: int, finished: dict, workers, progress: bool) -> None:
+    """Write the ``count`` shards not yet finished (``tasks``, an iterable), logging each as it completes.
+
+    Worker processes are spawned, not forked: a forked worker would start out
+    holding the main process's plan (hundreds of MB for pretrain), so a writer's
+    memory would grow with the metadata; a spawned one holds its shard's rows
+    and the memory map's pages it reads.
+    """
     folder, cache, labels = plan.folder, plan.cache, plan.labels
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
-    workers = max(1, min(workers, len(tasks)))
+    workers = max(1, min(workers, count))
     bar = tqdm(total=len(plan.rows), desc=f"sharding {plan.split}", unit="rec", disable=not progress, file=sys.stderr)
     bar.update(sum(info.count for info in finished.values()))
     with open(folder / _DONE, "a", encoding="utf-8") as done:
@@ -299,7 +305,7 @@ def _run_tasks(plan: SplitPlan, tasks, finished: dict, workers, progress: bool) 
                 for task in tasks:
                     record(write_shard(task))
             else:
-                with multiprocessing.get_context().Pool(workers, _init_worker, (str(cache), labels)) as pool:
+                with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(cache), labels)) as pool:
                     for info in pool.imap_unordered(write_shard, tasks):
                         record(info)
         finally:
@@ -345,8 +351,9 @@ def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) ->
         raise BioscanError(f"split {split!r} has no records in {meta_path}")
     sizes, located = source.locate(image_keys(table, rows), options.progress)
     rows, sizes, located, skipped = _drop_missing(table, split, source, rows, sizes, located, options.skip_missing)
-    lengths = pc.binary_length(table.column("dna_barcode").take(pa.array(rows)))
-    dna_bytes = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    # The lengths of every barcode, chunk by chunk: 8 bytes a record, not a copy of the barcodes.
+    lengths = pc.fill_null(pc.binary_length(table.column("dna_barcode")), 0)
+    dna_bytes = md.column_numpy(lengths, np.int64)[rows]
 
     order = np.random.default_rng(options.seed).permutation(len(rows))  # every shard a mix of taxa
     rows, located = rows[order], located[order]
@@ -368,7 +375,7 @@ def _drop_missing(table, split, source, rows, sizes, located, skip_missing: bool
     missing = sizes < 0
     if not missing.any():
         return rows, sizes, located, []
-    pids = table.column("processid").take(pa.array(rows[missing])).to_pylist()
+    pids = md.take_rows(table, rows[missing], ["processid"]).column(0).to_pylist()
     if not skip_missing:
         shown = ", ".join(pids[:5]) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
         raise BioscanError(
@@ -392,13 +399,12 @@ def write_shards(plan: SplitPlan, options: ShardOptions) -> tuple[list[ShardInfo
         with atomic.atomic_open(folder / MISSING_REPORT, "w", encoding="utf-8") as f:
             f.write("".join(p + "\n" for p in plan.skipped))
     finished = _finished(folder, plan.fingerprint, plan.counts, plan.labels)
-    tasks = [
-        (str(folder), name, plan.rows[s], plan.source.task_images(plan.located[s]))
-        for name, s in zip(plan.names, plan.slices)
-        if name not in finished
-    ]
-    _run_tasks(plan, tasks, finished, options.workers, options.progress)
-    return [finished[name] for name in plan.names], len(tasks)
+    todo = [(name, s) for name, s in zip(plan.names, plan.slices) if name not in finished]
+    # Made as the pool asks for them: the image paths of every shard at once would be
+    # a Python string per record of the split (~0.5 GB for pretrain).
+    tasks = ((str(folder), name, plan.rows[s], plan.source.task_images(plan.located[s])) for name, s in todo)
+    _run_tasks(plan, tasks, len(todo), finished, options.workers, options.progress)
+    return [finished[name] for name in plan.names], len(todo)
 
 
 def describe(plan: SplitPlan, shards: list[ShardInfo], options: ShardOptions) -> dict:

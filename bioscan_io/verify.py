@@ -16,8 +16,12 @@ each a small function below that returns (or yields) :class:`Problem` objects:
    JSON field equal to the metadata row and, with ``images=True``, every image
    equal byte for byte to its source file.
 
-Only the set of keys seen and one shard's JSON records are held in memory; image
-payloads are checked (and hashed, for ``images=True``) as they stream past. What
+Memory does not grow with the metadata's size: the metadata is memory-mapped
+from an Arrow copy in the temporary folder (``$TMPDIR``, removed at the end), the
+split's processids are held as one sorted array of fixed-width bytes
+(``metadata.RowLookup``) with the shard each was read from (:class:`Seen`), and
+only one shard's JSON records are held at a time; image payloads are checked
+(and hashed, for ``images=True``) as they stream past. What
 is reported (the problem kinds, the report and its wording) is ``verify_report``.
 """
 
@@ -29,11 +33,10 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metadata as md
@@ -195,12 +198,54 @@ def check_jpeg(sample: Sample, shard: str) -> list[Problem]:
     return []
 
 
-def check_duplicate(sample: Sample, shard: str, seen: dict[str, str]) -> list[Problem]:
-    """A key read before, in this shard or an earlier one."""
-    if sample.key not in seen:
-        seen[sample.key] = shard
-        return []
-    return [Problem("duplicate_sample", shard, sample.key, f"already read from {seen[sample.key]}")]
+class Seen:
+    """The shard each key was first read from.
+
+    A shard number per record of the splits (4 bytes a record, in the order of
+    ``records.lookup``); a dict only for keys that are no record of the splits
+    (each of them a problem already).
+    """
+
+    def __init__(self, lookup: md.RowLookup):
+        self.lookup = lookup
+        self.first = np.full(len(lookup), -1, np.int32)
+        self.shards: list[str] = []
+        self.others: dict[str, str] = {}
+
+    def add(self, keys: list[str], shard: str) -> list[str | None]:
+        """Record the keys read from ``shard``, in read order; for each, the shard it was read from before."""
+        number = len(self.shards)
+        self.shards.append(shard)
+        earlier: list[str | None] = []
+        for key, at in zip(keys, self.lookup.positions(keys).tolist()):
+            if at < 0:
+                earlier.append(self.others.get(key))
+                self.others.setdefault(key, shard)
+            elif self.first[at] >= 0:
+                earlier.append(self.shards[self.first[at]])
+            else:
+                self.first[at] = number
+                earlier.append(None)
+        return earlier
+
+    def where(self, key: str) -> str | None:
+        """The shard ``key`` was first read from, or None."""
+        at = int(self.lookup.positions([key])[0])
+        if at < 0:
+            return self.others.get(key)
+        return self.shards[self.first[at]] if self.first[at] >= 0 else None
+
+    def unread(self) -> np.ndarray:
+        """Rows of the splits' records read from no shard, in file order."""
+        return np.sort(self.lookup.rows[self.first < 0])
+
+
+def check_duplicates(keys: list[str], shard: str, seen: Seen) -> tuple[list[Problem], list[bool]]:
+    """Keys read before, in this shard or an earlier one; and which of ``keys`` are read the first time."""
+    earlier = seen.add(keys, shard)
+    problems = [Problem("duplicate_sample", shard, key, f"already read from {before}")
+                for key, before in zip(keys, earlier) if before is not None]
+    return problems, [before is None for before in earlier]
 
 
 # ----------------------------------------------------------------------------- 3. the metadata
@@ -213,13 +258,21 @@ class Records:
     the metadata's :attr:`labels`.
     """
 
-    def __init__(self, path: Path, splits: list[str], indexed: bool = False):
+    def __init__(self, path: Path, splits: list[str], indexed: bool = False, cache_dir=None):
         self.path, self.indexed = path, indexed
-        self.table = md.read_metadata(path)
+        self.table = md.read_metadata(path, cache_dir=cache_dir)  # memory-mapped when cache_dir is given
         self.splits = [s for s in splits if s in SPLITS]
         rows = md.select_rows(self.table, tuple(self.splits)) if self.splits else np.empty(0, np.int64)
-        pids = self.table.column("processid").take(pa.array(rows)).to_pylist()
-        self.row = dict(zip(pids, rows.tolist()))
+        self.lookup = md.RowLookup(self.table, rows)
+
+    def rows(self, keys: list[str]) -> np.ndarray:
+        """The metadata row of each key among the splits' records, -1 for any other."""
+        return self.lookup.find(keys)
+
+    @functools.cached_property
+    def everyone(self) -> md.RowLookup:
+        """Every record of the metadata, to say where a sample of no record of the splits lives."""
+        return md.RowLookup(self.table, np.arange(self.table.num_rows))
 
     @functools.cached_property
     def labels(self) -> dict:
@@ -241,27 +294,28 @@ def check_metadata_sha(records: Records, manifest: dict) -> list[Problem]:
 
 def check_unknown(keys: list[str], records: Records, shard: str) -> list[Problem]:
     """Samples that are not records of the manifest's splits."""
-    unknown = [k for k in keys if k not in records.row]
+    unknown = [k for k, row in zip(keys, records.rows(keys).tolist()) if row < 0]
     if not unknown:
         return []
     # Say where the record does live, if anywhere: a sample of another split is the
     # likeliest mix-up.
-    pid = records.table.column("processid")
-    where = pc.index_in(pa.array(unknown, pa.string()), value_set=pid).to_pylist()
-    split = records.table.column("split")
+    where = records.everyone.find(unknown)
+    splits = md.take_rows(records.table, where[where >= 0], ["split"]).column(0).to_pylist()
+    split = dict(zip(np.flatnonzero(where >= 0).tolist(), splits))
     joined = "+".join(records.splits)
     return [Problem("unknown_record", shard, key,
-                    f"a record of split {split[i].as_py()!r}, not of {joined}" if i is not None
+                    f"a record of split {split[i]!r}, not of {joined}" if i in split
                     else f"no such processid in {records.path}")
-            for key, i in zip(unknown, where)]
+            for i, key in enumerate(unknown)]
 
 
 def check_fields(samples: list[tuple[str, dict]], records: Records, shard: str) -> list[Problem]:
     """Every field of each sample's JSON equals its metadata row, typed as read_metadata types it."""
-    known = [(key, rec) for key, rec in samples if key in records.row]
+    found = records.rows([key for key, _ in samples])
+    known = [sample for sample, row in zip(samples, found.tolist()) if row >= 0]
     if not known:
         return []
-    rows = records.table.take(pa.array([records.row[key] for key, _ in known], pa.int64())).to_pylist()
+    rows = md.take_rows(records.table, found[found >= 0]).to_pylist()
     problems = []
     for (key, rec), row in zip(known, rows):
         for column in COLUMNS:
@@ -285,19 +339,21 @@ def same_value(a, b) -> bool:
     return a == b
 
 
-def check_missing(seen: dict[str, str], records: Records, manifest: dict) -> list[Problem]:
+def check_missing(seen: Seen, records: Records, manifest: dict) -> list[Problem]:
     """Records of the splits in no shard, other than those skipped for a missing image."""
     skipped = set(manifest.get("skipped_missing_image") or [])
     joined = "+".join(records.splits)
+    unread = md.take_rows(records.table, seen.unread(), ["processid"]).column(0).to_pylist()
     return [Problem("missing_record", key=pid, detail=f"a record of {joined} in no shard")
-            for pid in records.row if pid not in seen and pid not in skipped]
+            for pid in unread if pid not in skipped]
 
 
-def check_skipped(folder: Path, seen: dict[str, str], manifest: dict) -> list[Problem]:
+def check_skipped(folder: Path, seen: Seen, manifest: dict) -> list[Problem]:
     """The skipped list agrees with missing_images.txt and names no sample that is in a shard."""
     skipped = manifest.get("skipped_missing_image") or []
-    problems = [Problem("bad_manifest", seen[pid], pid, "listed in skipped_missing_image but present in a shard")
-                for pid in skipped if pid in seen]
+    present = [(pid, seen.where(pid)) for pid in skipped]
+    problems = [Problem("bad_manifest", shard, pid, "listed in skipped_missing_image but present in a shard")
+                for pid, shard in present if shard is not None]
     report = folder / MISSING_REPORT
     if report.is_file() and sorted(report.read_text().split()) != sorted(skipped):
         problems.append(Problem("bad_manifest",
@@ -308,11 +364,11 @@ def check_skipped(folder: Path, seen: dict[str, str], manifest: dict) -> list[Pr
 def check_images(digests: list[tuple[str, int, str]], records: Records, images, shard: str) -> list[Problem]:
     """Each ``.jpg`` equals its source image (same length and sha256), read from the folder or
     zip archives the shards were made from (``shard.open_images``)."""
-    known = [d for d in digests if d[0] in records.row]
+    found = records.rows([key for key, _, _ in digests])
+    known = [d for d, row in zip(digests, found.tolist()) if row >= 0]
     if not known:
         return []
-    rows = pa.array([records.row[key] for key, _, _ in known], pa.int64())
-    sub = records.table.select(["split", "chunk"]).take(rows)
+    sub = md.take_rows(records.table, found[found >= 0], ["split", "chunk"])
     splits, chunks = sub.column("split").to_pylist(), sub.column("chunk").to_pylist()
     subpaths = [image_subpath(key, split, chunk) for (key, _, _), split, chunk in zip(known, splits, chunks)]
     sizes, located = images.locate(subpaths, progress=False)
@@ -439,8 +495,17 @@ def _verify(folder: Path, root, metadata, images: bool, progress: bool) -> Verif
 
     meta_path = _metadata_path(manifest, root, metadata)
     splits = manifest.get("splits") if isinstance(manifest.get("splits"), list) else []
-    records = Records(meta_path, splits, indexed=manifest.get("format_version", 1) >= 2)
-    report.metadata = str(meta_path)
+    with tempfile.TemporaryDirectory(prefix="bioscan-io-verify-") as cache:
+        records = Records(meta_path, splits, indexed=manifest.get("format_version", 1) >= 2, cache_dir=cache)
+        report.metadata = str(meta_path)
+        _check_against(folder, manifest, entries, records, root, images, progress, report)
+    return report
+
+
+def _check_against(folder: Path, manifest: dict, entries: list[dict], records: Records, root, images: bool,
+                   progress: bool, report: VerifyReport) -> None:
+    """Groups 2 and 3: every shard read through, and compared with the metadata."""
+    problems = report.problems
     problems += check_metadata_sha(records, manifest)
     package = _source(manifest).get("package")
     if images and package not in PACKAGES:
@@ -448,7 +513,7 @@ def _verify(folder: Path, root, metadata, images: bool, progress: bool) -> Verif
     image_source = _image_source(manifest, root, package) if images else None
 
     present = [e for e in entries if (folder / e["name"]).is_file()]
-    seen: dict[str, str] = {}
+    seen = Seen(records.lookup)
     with tqdm(total=sum((folder / e["name"]).stat().st_size for e in present), unit="B", unit_scale=True,
               desc=f"verifying {folder.name}", disable=not progress, file=sys.stderr) as bar:
         for entry in present:
@@ -460,7 +525,6 @@ def _verify(folder: Path, root, metadata, images: bool, progress: bool) -> Verif
         problems += check_missing(seen, records, manifest)
     problems += check_skipped(folder, seen, manifest)
     problems += check_empty(manifest, entries, present, report)
-    return report
 
 
 def check_empty(manifest: dict, entries: list[dict], present: list[dict], report: VerifyReport) -> list[Problem]:
@@ -479,15 +543,21 @@ def check_empty(manifest: dict, entries: list[dict], present: list[dict], report
 
 
 class _Kept:
-    """What the metadata checks need of one shard's samples (each key once)."""
+    """What the metadata checks need of one shard's samples, in read order."""
 
     def __init__(self):
         self.keys: list[str] = []
-        self.jsons: list[tuple[str, dict]] = []
-        self.digests: list[tuple[str, int, str]] = []
+        self.jsons: list[dict | None] = []
+        self.digests: list[tuple[str, int, str] | None] = []
+
+    def first(self, new: list[bool]) -> tuple[list[str], list[tuple[str, dict]], list[tuple[str, int, str]]]:
+        """Keys, ``(key, json)`` and image digests of the samples read for the first time (``new``)."""
+        keys = [k for k, n in zip(self.keys, new) if n]
+        jsons = [(k, j) for k, j, n in zip(self.keys, self.jsons, new) if n and j is not None]
+        return keys, jsons, [d for d, n in zip(self.digests, new) if n and d is not None]
 
 
-def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str], report: VerifyReport,
+def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: VerifyReport,
                  images=None) -> list[Problem]:
     """All the checks of one shard, reading it once from start to end."""
     shard = entry["name"]
@@ -497,14 +567,14 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
     read = 0
     for sample in reader.samples():
         read += 1
-        problems += check_sample(sample, shard, seen, kept, images is not None)
+        problems += check_sample(sample, shard, kept, images is not None)
     fault = reader.fault
     if fault is not None:
         key = fault.key
         whole = whole_sample_at_fault(path, read, key)
         if whole is not None:
             read += 1
-            problems += check_sample(whole, shard, seen, kept, images is not None)
+            problems += check_sample(whole, shard, kept, images is not None)
             key = None  # the fault follows this sample; it lies in none
         problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=key, detail=fault.detail))
     else:  # a walk cut short would only repeat the tar problem as a count
@@ -514,18 +584,21 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: dict[str, str]
     sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and fault is None
     if path.stat().st_size == entry["bytes"]:
         problems += check_sha256(entry, reader.sha256)
+    duplicates, new = check_duplicates(kept.keys, shard, seen)
+    problems += duplicates  # compared with the metadata the first time each was read
+    keys, jsons, digests = kept.first(new)
     if records.splits:
-        problems += check_unknown(kept.keys, records, shard)
-    problems += check_fields(kept.jsons, records, shard)
+        problems += check_unknown(keys, records, shard)
+    problems += check_fields(jsons, records, shard)
     if records.indexed:
         problems += [Problem(kind, shard, detail=detail)
                      for kind, detail in index_problems(path.parent, entry, records.labels, sound)]
     if images is not None:
-        problems += check_images(kept.digests, records, images, shard)
+        problems += check_images(digests, records, images, shard)
     return problems
 
 
-def check_sample(sample: Sample, shard: str, seen: dict[str, str], kept: _Kept, digest: bool) -> list[Problem]:
+def check_sample(sample: Sample, shard: str, kept: _Kept, digest: bool) -> list[Problem]:
     """The checks of one sample read from a shard; what the metadata checks need goes to ``kept``."""
     problems = check_members(sample, shard)
     record, bad = parse_json(sample, shard)
@@ -534,15 +607,11 @@ def check_sample(sample: Sample, shard: str, seen: dict[str, str], kept: _Kept, 
         problems += check_key(sample, record, shard)
         problems += check_dna(sample, record, shard)
     problems += check_jpeg(sample, shard)
-    duplicate = check_duplicate(sample, shard, seen)
-    if duplicate:
-        return problems + duplicate  # compared with the metadata the first time it was read
     kept.keys.append(sample.key)
-    if record is not None:
-        kept.jsons.append((sample.key, record))
+    kept.jsons.append(record)
     jpg = sample.payload("jpg")
-    if digest and jpg is not None:
-        kept.digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()))
+    kept.digests.append((sample.key, len(jpg), hashlib.sha256(jpg).hexdigest()) if digest and jpg is not None
+                        else None)
     return problems
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import textwrap
 from collections import Counter, defaultdict
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from bioscan_io.schema import (
     METADATA_JSONLD,
     NULLABLE_INT_COLUMNS,
     SEEN_SPLITS,
+    SPLIT_SIZES,
     SPLITS,
     UINT8_COLUMNS,
     UNSEEN_SPLITS,
@@ -245,6 +248,83 @@ def test_regenerating_replaces_stale_images(tmp_path):
     assert len(read_rows(tmp_path)) == 60
 
 
+def test_independent_of_chunk_size(tmp_path):
+    n = 700
+    ref = synth.generate(tmp_path / "ref", n_records=n, seed=4, images=False)  # one chunk
+    # many chunks, in this process and with the identifiers and barcodes drawn by a second one
+    for chunk, workers in ((97, 1), (100, 2), (1, 1)):
+        ds = synth.generate(tmp_path / f"c{chunk}", n_records=n, seed=4, images=False, workers=workers,
+                            _chunk_size=chunk)
+        assert ds.csv_path.read_bytes() == ref.csv_path.read_bytes(), chunk
+        assert ds.jsonld_path.read_bytes() == ref.jsonld_path.read_bytes(), chunk
+        assert ds.split_counts == ref.split_counts
+
+
+def test_image_pool(tmp_path):
+    n, pool = 40, 6
+    full = synth.generate(tmp_path / "full", n_records=n, seed=2, workers=1)
+    ds = synth.generate(tmp_path / "pool", n_records=n, seed=2, workers=1, image_pool=pool, _chunk_size=4)
+    assert (ds.n_images, ds.n_rendered) == (n, pool) and "6 distinct" in ds.summary()
+    rows = read_rows(ds.root)
+    paths = [image_relpath(r["processid"], r["split"], r["chunk"], PACKAGE) for r in rows]
+    stats = [(ds.root / p).stat() for p in paths]  # every record's image exists
+    inodes = [(st.st_dev, st.st_ino) for st in stats]
+    assert len(set(inodes)) == pool
+    assert all(st.st_nlink > 1 for st in stats)
+    assert all(inodes[i] == inodes[i % pool] for i in range(n))  # record i is a link to record i % pool
+    assert len(list(ds.images_dir.rglob("*.jpg"))) == n
+    # the pool is the first records' own images; the metadata does not change
+    assert all((ds.root / p).read_bytes() == (full.root / p).read_bytes() for p in paths[:pool])
+    assert ds.csv_path.read_bytes() == full.csv_path.read_bytes()
+    # a pool as large as the dataset is no pool
+    big = synth.generate(tmp_path / "big", n_records=n, seed=2, workers=1, image_pool=n)
+    assert big.n_rendered == n
+    assert {k: v for k, v in tree_bytes(big.root).items() if k.endswith(".jpg")} == \
+        {k: v for k, v in tree_bytes(full.root).items() if k.endswith(".jpg")}
+
+
+def test_barcode_consensus_stays_compact():
+    from bioscan_io.synth.barcodes import _BarcodeMaker
+    from bioscan_io.synth.records import _plan
+
+    n = 3000
+    plan = _plan(n, 1, False)
+    maker = _BarcodeMaker(1, plan.species, plan.slot, plan.tax.genera, plan.species_cols["genus"])
+    assert len(maker.chunk(0, n // 2) + maker.chunk(n // 2, n)) == n
+    c = maker.consensus
+    # one packed difference list per (species, BIN) used; a species' own dropped once its BINs are made
+    assert len(c.bin_diff.sizes) == len(set(zip(plan.species.tolist(), plan.slot.tolist())))
+    assert not c.species_diff
+    genera = plan.tax.genera
+    ancestors = {("root",)} | {(k, v) for g in genera for k, v in
+                               (("c", g.klass), ("o", g.order), ("f", g.family), ("g", g.name or g.family + "?"))}
+    assert set(c.cache) <= ancestors
+
+
+def test_bioscan_1m_indices_at_full_size():
+    from bioscan_io.synth.records import _measurements
+
+    # 22 % of 5.2 million records is more than BIOSCAN-1M holds: the indices stay unique
+    idx = _measurements(5_200_000, np.random.default_rng(0))["idx_1m"]
+    idx = idx[idx >= 0]
+    assert len(idx) == 1_128_313 and len(np.unique(idx)) == len(idx)
+
+
+def test_background_errors_are_raised():
+    from bioscan_io.synth.stream import _ahead, _can_fork
+
+    if not _can_fork():
+        pytest.skip("no fork here")
+
+    def make(k):
+        yield k
+        raise ValueError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), _ahead(make, (1,), background=True) as items:
+        assert next(items) == 1
+        next(items)
+
+
 # ----------------------------------------------------------------------------
 # Metadata content
 # ----------------------------------------------------------------------------
@@ -265,6 +345,42 @@ def test_split_sizes():
 def test_split_counts_of_dataset(by_split):
     assert set(by_split) == set(SPLITS)
     assert all(len(by_split[s]) >= 0.03 * N for s in SPLITS)
+
+
+def test_official_split_sizes():
+    # the release's very counts at its size; the count function alone, nothing generated
+    assert synth._split_counts(5_150_850, official=True) == SPLIT_SIZES
+    assert synth.OFFICIAL_SPLIT_SIZES == SPLIT_SIZES
+    assert synth._split_counts(1000, official=True) == {
+        "pretrain": 908, "train": 56, "val": 3, "test": 8,
+        "key_unseen": 7, "val_unseen": 2, "test_unseen": 1, "other_heldout": 15,
+    }
+    total = sum(SPLIT_SIZES.values())
+    for n in (1, 2, 7, 24, 100, 999, 12_345, 1_000_003):
+        counts = synth._split_counts(n, official=True)
+        assert list(counts) == list(SPLITS) and sum(counts.values()) == n
+        exact = {s: Fraction(n * c, total) for s, c in SPLIT_SIZES.items()}
+        up = [s for s in SPLITS if counts[s] == math.floor(exact[s]) + 1]
+        assert all(counts[s] == math.floor(exact[s]) for s in SPLITS if s not in up)
+        # largest remainder: every split rounded up has a remainder at least that of every split rounded down
+        down = [s for s in SPLITS if s not in up]
+        if up and down:
+            assert min(exact[s] % 1 for s in up) >= max(exact[s] % 1 for s in down)
+    # the default stays the default
+    assert synth._split_counts(1000) == synth._split_counts(1000, official=False)
+
+
+def test_official_splits_dataset(tmp_path):
+    n = 400
+    ds = synth.generate(tmp_path, n_records=n, seed=5, images=False, official_splits=True)
+    expected = synth._split_counts(n, official=True)
+    assert ds.split_counts == expected
+    assert Counter(r["split"] for r in read_rows(tmp_path)) == {s: c for s, c in expected.items() if c}
+    assert json.loads((tmp_path / "bioscan5m" / synth.MARKER_NAME).read_text())["official_splits"] is True
+    # other splits, other metadata: the images of the earlier generation go
+    synth.generate(tmp_path, n_records=30, seed=5, workers=1)
+    synth.generate(tmp_path, n_records=30, seed=5, images=False, official_splits=True)
+    assert not (tmp_path / IMAGES_DIR).exists()
 
 
 def test_processids(rows):
@@ -445,6 +561,7 @@ def test_pandas_reads_categories(ds, rows):
         ({"n_records": 2.5}, "n_records must be an integer"),
         ({"seed": -1}, "seed must be at least 0"),
         ({"workers": 0}, "workers must be at least 1"),
+        ({"image_pool": 0}, "image_pool must be at least 1"),
     ],
 )
 def test_user_errors(tmp_path, kwargs, message):
@@ -481,6 +598,20 @@ def test_generate_main(tmp_path, capsys):
     assert "n_records must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", str(tmp_path / "h"), "--package", "nope"])
+
+
+def test_generate_main_official_splits_and_image_pool(tmp_path, capsys):
+    from bioscan_io.cli import main
+
+    root = tmp_path / "g"
+    assert main(["generate", str(root), "--records", "60", "--official-splits", "--image-pool", "5",
+                 "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "60 cropped_256 images" in out and "5 distinct" in out
+    expected = synth._split_counts(60, official=True)
+    assert Counter(r["split"] for r in read_rows(root)) == {s: c for s, c in expected.items() if c}
+    assert main(["generate", str(tmp_path / "h"), "--records", "10", "--image-pool", "0"]) == 2
+    assert "image_pool must be at least 1" in capsys.readouterr().err
 
 
 def test_demo_root_concurrent(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +19,12 @@ from ..schema import (
     METADATA_CSV,
     METADATA_JSONLD,
     PACKAGES,
-    SPLITS,
     BioscanError,
 )
-from .common import SYNTH_VERSION, _check_int
-from .layout import _make_image_folders, _write_csv, _write_jsonld
-from .records import _make_records
+from .common import SYNTH_VERSION, _check_int, _cpus
+from .layout import _make_image_folders, _MetadataWriter
+from .records import _record_chunks, _split_counts
+from .stream import _can_fork
 
 __all__ = ["GeneratedDataset", "generate", "MARKER_NAME"]
 
@@ -51,11 +53,13 @@ class GeneratedDataset:
     images_dir : pathlib.Path or None
         ``ROOT/bioscan5m/images/{package}``, or None without images.
     n_images : int
-        Number of image files written.
+        Number of image files written (hard links to the image pool included).
     image_bytes : int
-        Total size of the image files.
+        Total size of the images rendered (a hard link takes no more room).
     seconds : float
         Wall-clock time the generation took.
+    n_rendered : int
+        Number of images rendered: ``n_images``, or the image pool's size.
     """
 
     root: Path
@@ -69,6 +73,7 @@ class GeneratedDataset:
     n_images: int
     image_bytes: int
     seconds: float
+    n_rendered: int = 0
 
     def summary(self) -> str:
         """A one-line description of the dataset."""
@@ -77,11 +82,17 @@ class GeneratedDataset:
             imgs = "no images"
         else:
             mib = self.image_bytes / 2**20
-            imgs = f"{self.n_images} {self.package} images ({mib:.1f} MiB)"
+            pool = f", {self.n_rendered} distinct" if self.n_rendered < self.n_images else ""
+            imgs = f"{self.n_images} {self.package} images ({mib:.1f} MiB{pool})"
         return (
             f"generated {self.n_records} records ({splits}) and {imgs} "
             f"under {self.root} in {self.seconds:.1f} s"
         )
+
+
+#: Records made and written at a time: large enough that the per-chunk costs
+#: vanish, small enough that a chunk's rows take tens of megabytes.
+CHUNK_SIZE = 50_000
 
 
 def generate(
@@ -92,6 +103,10 @@ def generate(
     workers: int | None = None,
     images: bool = True,
     progress: bool = False,
+    official_splits: bool = False,
+    image_pool: int | None = None,
+    *,
+    _chunk_size: int = CHUNK_SIZE,
 ) -> GeneratedDataset:
     """Write a synthetic BIOSCAN-5M-like dataset under ``root``.
 
@@ -102,6 +117,10 @@ def generate(
     16 for ``train`` and ``other_heldout``), so some stay empty; one
     ``pretrain`` chunk is always left empty.
 
+    The records are made and written a chunk at a time, so the memory used
+    stays well under 1 GiB even at the release's size (5,150,850 records,
+    a few minutes without images).
+
     Parameters
     ----------
     root : str or os.PathLike
@@ -109,11 +128,12 @@ def generate(
         must have been written by this function (it is then overwritten; images
         of an earlier generation with other arguments are removed).
     n_records : int, default 10_000
-        Number of records, at least 1.  Each split gets at least ~3 % of them
-        (at least 3 records from 24 records on).
+        Number of records, at least 1.  By default each split gets at least
+        ~3 % of them (at least 3 records from 24 records on).
     seed : int, default 0
-        Non-negative seed.  The same ``(n_records, seed, package)`` gives
-        byte-identical files; the metadata does not depend on ``package``.
+        Non-negative seed.  The same arguments give byte-identical files,
+        whatever ``workers``; the metadata does not depend on ``package``,
+        ``images`` or ``image_pool``.
     package : str, default "cropped_256"
         Image package to write.  ``"cropped_256"``: shorter side 256 px, longer
         side 256-400 px, the specimen fills the frame; ``"original_256"``:
@@ -121,12 +141,27 @@ def generate(
         ``area_fraction`` of the frame; ``"cropped"``: shorter side 512-768 px;
         ``"original_full"``: 1024x768 or 1152x768 px.
     workers : int or None, default None
-        Worker processes that render images; None uses every CPU (one process
-        for small datasets).  The output does not depend on it.
+        Worker processes that render images, and (from two on) a second process
+        that draws the identifiers and barcodes of large datasets while this one
+        writes the rows; None uses every CPU (one process for small datasets).
+        The output does not depend on it.
     images : bool, default True
         Whether to write the images (the metadata is always written).
     progress : bool, default False
-        Show a progress bar on stderr while rendering images.
+        Show a progress bar (records written) on stderr.
+    official_splits : bool, default False
+        Give the splits the proportions of the published release
+        (:data:`OFFICIAL_SPLIT_SIZES`: 91 % pretrain; its very counts for
+        5,150,850 records, largest-remainder rounding otherwise), without the
+        default's minimum share per split: small datasets then have few or no
+        records in the small splits.  By default the splits follow
+        :data:`SPLIT_FRACTIONS`.
+    image_pool : int or None, default None
+        Render only this many images (those of the first ``image_pool``
+        records) and give every other record's image path a hard link to one of
+        them (record ``i`` to record ``i % image_pool``), so that a dataset of
+        millions of records with images takes seconds of rendering.  The file
+        system must support hard links.  None renders one image per record.
 
     Returns
     -------
@@ -147,58 +182,93 @@ def generate(
     120
     """
     t0 = time.perf_counter()
-    n_records, seed, workers = _check_args(n_records, seed, package, workers)
+    n_records, seed, workers, image_pool = _check_args(n_records, seed, package, workers, image_pool)
+    _check_int("_chunk_size", _chunk_size, minimum=1)
     root = Path(os.fspath(root)).expanduser()
     previous = _prepare_root(root)
 
-    records, render = _make_records(n_records, seed)
-
     params = {"generator": "bioscan_io.synth", "version": SYNTH_VERSION, "n_records": n_records, "seed": seed}
+    # only when set, so that the marker of the default arguments stays as it was (the
+    # image pool is not a parameter: the images of any pool match the same metadata)
+    if official_splits:
+        params["official_splits"] = True
     packages = _remove_stale_images(root, previous, params, package if images else None)
     marker_path = root / DATASET_DIR / MARKER_NAME
     _write_marker(marker_path, params, packages)
 
-    csv_path = root / METADATA_CSV
-    jsonld_path = root / METADATA_JSONLD
-    _write_csv(csv_path, records)
-    _write_jsonld(jsonld_path, records)
+    csv_path, jsonld_path = root / METADATA_CSV, root / METADATA_JSONLD
+    images_dir = root / IMAGES_DIR / package if images else None
+    with _progress_bar(n_records, progress, f"rendering {package}" if images else "generating metadata") as advance:
+        writer = None
+        if images:
+            from .images import _ImageWriter  # imports PIL, which the metadata alone does not need
 
-    n_images = image_bytes = 0
-    images_dir = None
+            _make_image_folders(images_dir)
+            writer = _ImageWriter(root, package, seed, workers, image_pool, n_records, advance)
+        _write_records(root, n_records, seed, official_splits, _chunk_size, workers, writer, advance)
     if images:
-        from .images import _render_all  # imports PIL, which the metadata alone does not need
-
-        images_dir = root / IMAGES_DIR / package
-        _make_image_folders(images_dir)
-        n_images, image_bytes = _render_all(root, records, render, seed, package, workers, progress)
         _write_marker(marker_path, params, sorted(set(packages) | {package}))
 
-    counts = {s: 0 for s in SPLITS}
-    for r in records:
-        counts[r["split"]] += 1
     return GeneratedDataset(
         root=root,
         n_records=n_records,
         seed=seed,
         package=package if images else None,
-        split_counts=counts,
+        split_counts=_split_counts(n_records, official_splits),
         csv_path=csv_path,
         jsonld_path=jsonld_path,
         images_dir=images_dir,
-        n_images=n_images,
-        image_bytes=image_bytes,
+        n_images=n_records if images else 0,
+        image_bytes=writer.bytes if images else 0,
         seconds=time.perf_counter() - t0,
+        n_rendered=writer.n_rendered if images else 0,
     )
 
 
-def _check_args(n_records, seed, package, workers):
+def _write_records(root, n, seed, official, chunk_size, workers, images, advance) -> None:
+    """Write the metadata files and (through ``images``, unless None) the images, a chunk of records at a time."""
+    # a second process pays off from two chunks on
+    background = n > chunk_size and _can_fork() and (workers or _cpus()) > 1
+    render_stop = images.limit if images is not None else 0
+    chunks = _record_chunks(n, seed, official, chunk_size, background, render_stop)
+    with closing(chunks), _MetadataWriter(root / METADATA_CSV, root / METADATA_JSONLD) as metadata:
+        for start, rows, render in chunks:
+            metadata.write(rows)
+            if images is None:
+                advance(len(rows))
+            else:
+                images.add(start, rows, render)
+            del rows, render  # not kept while the next chunk is made
+
+
+@contextmanager
+def _progress_bar(n, show, desc):
+    """Yield a function that advances a progress bar of ``n`` records on stderr (does nothing unless ``show``)."""
+    bar = None
+    if show:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            bar = tqdm(total=n, unit="rec", desc=desc, file=sys.stderr)
+    try:
+        yield bar.update if bar is not None else (lambda k: None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_args(n_records, seed, package, workers, image_pool):
     n_records = _check_int("n_records", n_records, minimum=1)
     seed = _check_int("seed", seed, minimum=0)
     if workers is not None:
         workers = _check_int("workers", workers, minimum=1)
+    if image_pool is not None:
+        image_pool = _check_int("image_pool", image_pool, minimum=1)
     if package not in PACKAGES:
         raise BioscanError(f"unknown image package {package!r}; valid packages are {', '.join(PACKAGES)}")
-    return n_records, seed, workers
+    return n_records, seed, workers, image_pool
 
 
 def _prepare_root(root: Path):
@@ -240,7 +310,7 @@ def _remove_stale_images(root: Path, previous, params: dict, package):
     """
     packages = []
     if previous is not None:
-        if all(previous.get(k) == v for k, v in params.items()):
+        if {k: v for k, v in previous.items() if k != "packages"} == params:
             packages = [p for p in previous.get("packages", []) if p in PACKAGES]
         else:
             shutil.rmtree(root / IMAGES_DIR, ignore_errors=True)

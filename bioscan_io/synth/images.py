@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from ..schema import PACKAGES, image_relpath
-from .common import _S_IMAGE
+from ..schema import COLUMNS, PACKAGES, BioscanError, image_relpath
+from .common import _S_IMAGE, _cpus
 from .specimen import _specimen
 from .taxa import _PLANS
 
@@ -158,11 +157,7 @@ def _render_batch(args):
 def _default_workers(n_images):
     if n_images < 600:
         return 1  # starting a pool costs more than it saves
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cpus = os.cpu_count() or 1
-    return min(cpus, 32)
+    return min(_cpus(), 32)
 
 
 @contextmanager
@@ -179,35 +174,70 @@ def _rendered(batches, workers):
         yield pool.imap_unordered(_render_batch, batches)
 
 
-def _progress_bar(n, package):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=n, unit="img", desc=f"rendering {package}", file=sys.stderr)
+_PID, _SPLIT, _CHUNK = (COLUMNS.index(c) for c in ("processid", "split", "chunk"))
 
 
-def _render_all(root, records, render, seed, package, workers, progress):
-    """Render and write the image of every record; returns (number of images, their total size)."""
-    tasks = []
-    for i, (rec, (plan, colour, sz, area)) in enumerate(zip(records, render)):
-        rel = image_relpath(rec["processid"], rec["split"], rec["chunk"], package)
-        tasks.append((rel, _image_seed(seed, i, package), plan, colour, sz, area))
-    n = len(tasks)
-    if workers is None:
-        workers = _default_workers(n)
-    batch = 32 if package.endswith("256") else 8
-    batches = [(str(root), package, tasks[i : i + batch]) for i in range(0, n, batch)]
-    bar = _progress_bar(n, package) if progress else None
-    total_n = total_size = 0
-    try:
-        with _rendered(batches, workers) as results:
+class _ImageWriter:
+    """Writes the image of every record, a chunk of records at a time.
+
+    Without a pool every record's image is rendered.  With ``pool=N`` only the
+    first N records' images are; every later record ``i`` gets a hard link to
+    record ``i % N``'s image, so that millions of records cost N renders.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The dataset root.
+    package : str
+        The image package.
+    seed : int
+        The dataset's seed (each image has its own seed, from it and its record).
+    workers : int or None
+        Rendering processes; None: every CPU when there are enough images.
+    pool : int or None
+        Number of images to render; None: one per record.
+    n : int
+        Number of records.
+    advance : callable or None
+        Called with the number of records whose image was just written.
+    """
+
+    def __init__(self, root, package, seed, workers, pool, n, advance=None):
+        self.root, self.package, self.seed = root, package, seed
+        self.pool = pool if pool is not None and pool < n else None
+        self.limit = n if self.pool is None else self.pool  # records rendered
+        self.workers = _default_workers(self.limit) if workers is None else workers
+        self.advance = advance or (lambda k: None)
+        self.pool_paths = []  # the rendered images that later records link to
+        self.n_rendered = self.bytes = 0
+
+    def add(self, start, rows, render) -> None:
+        """Write the images of the records from ``start`` on (``rows``), rendering the first ``len(render)``.
+
+        ``render`` holds what the rendered ones are drawn with:
+        ``(plan code, colour, size, area_fraction)`` each.
+        """
+        rels = [image_relpath(row[_PID], row[_SPLIT], row[_CHUNK], self.package) for row in rows]
+        k = len(render)
+        if k:
+            self._render(start, rels[:k], render)
+            if self.pool is not None:
+                self.pool_paths += rels[:k]
+        for j, rel in enumerate(rels[k:], start + k):
+            target = os.path.join(self.root, self.pool_paths[j % self.pool])
+            try:
+                os.link(target, os.path.join(self.root, rel))
+            except OSError as e:
+                raise BioscanError(f"cannot hard-link {rel} to the image pool: {e.strerror or e}") from None
+        self.advance(len(rels) - k)
+
+    def _render(self, start, rels, render) -> None:
+        tasks = [(rel, _image_seed(self.seed, i, self.package), *params)
+                 for i, (rel, params) in enumerate(zip(rels, render), start)]
+        size = 32 if self.package.endswith("256") else 8
+        batches = [(str(self.root), self.package, tasks[i : i + size]) for i in range(0, len(tasks), size)]
+        with _rendered(batches, self.workers) as results:
             for bn, bs in results:
-                total_n += bn
-                total_size += bs
-                if bar is not None:
-                    bar.update(bn)
-    finally:
-        if bar is not None:
-            bar.close()
-    return total_n, total_size
+                self.n_rendered += bn
+                self.bytes += bs
+                self.advance(bn)

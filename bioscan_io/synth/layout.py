@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +29,6 @@ from ..schema import (
 from .common import _check_int
 
 __all__ = ["JSONLD_CONTEXT", "pack_images"]
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _write_csv(path: Path, records) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(COLUMNS)
-        for r in records:
-            w.writerow([_cell(r[c]) for c in COLUMNS])
 
 
 #: JSON-LD context: Darwin Core terms where one fits, project terms otherwise.
@@ -83,21 +67,62 @@ JSONLD_CONTEXT = {
 
 
 
-def _write_jsonld(path: Path, records) -> None:
-    """One JSON document; the @graph array holds one record per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write('{"@context": ')
-        f.write(json.dumps(JSONLD_CONTEXT, ensure_ascii=False))
-        f.write(',\n"@graph": [\n')
-        last = len(records) - 1
-        for i, r in enumerate(records):
-            doc = {"@id": "bold:" + r["processid"], "@type": "Record"}
-            for c in COLUMNS:
-                doc[c] = r[c]
-            f.write(json.dumps(doc, ensure_ascii=False, allow_nan=False))
-            f.write(",\n" if i < last else "\n")
-        f.write("]}\n")
+_JSONLD_KEYS = ("@id", "@type", *COLUMNS)
+_BARCODE = COLUMNS.index("dna_barcode")
+
+
+class _MetadataWriter:
+    """Writes the metadata CSV and its JSON-LD twin, a chunk of rows at a time.
+
+    Use as a context manager; both files appear under their names only when
+    the block ends without error.  The JSON-LD file is one JSON document whose
+    ``@graph`` array holds one record per line, so that it can be read a line
+    at a time too.
+    """
+
+    def __init__(self, csv_path: Path, jsonld_path: Path):
+        self.paths = csv_path, jsonld_path
+        # what json.dumps(doc, ensure_ascii=False, allow_nan=False) makes, without a new encoder per record
+        self.encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+        self.n = 0
+
+    def __enter__(self):
+        self.stack = ExitStack()
+        with self.stack:
+            files = []
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                files.append(self.stack.enter_context(atomic_open(path, "w", encoding="utf-8", newline="")))
+            self.csv, self.jsonld = files
+            csv.writer(self.csv, lineterminator="\n").writerow(COLUMNS)
+            # the cells before and after the barcode (see write)
+            self.head = csv.writer(self.csv, lineterminator="").writerow
+            self.tail = csv.writer(self.csv, lineterminator="\n").writerow
+            self.jsonld.write('{"@context": ' + json.dumps(JSONLD_CONTEXT, ensure_ascii=False) + ',\n"@graph": [\n')
+            self.stack = self.stack.pop_all()
+        return self
+
+    def write(self, rows) -> None:
+        """Write ``rows``: lists of Python values in COLUMNS order (None: missing)."""
+        # The csv module writes None as an empty cell, any other value as its
+        # str() (a float's repr).  It takes longer over a barcode's ~650 letters
+        # than over all the other cells, to find none that needs quoting (they
+        # are IUPAC letters), so the barcode is written as it is, between them.
+        head, tail, write, b = self.head, self.tail, self.csv.write, _BARCODE
+        for row in rows:
+            head(row[:b])
+            write("," + row[b] + ",")
+            tail(row[b + 1 :])
+        encode, write = self.encode, self.jsonld.write
+        for row in rows:  # a record at a time: a chunk's text would take a hundred megabytes
+            write(",\n" if self.n else "")
+            write(encode(dict(zip(_JSONLD_KEYS, ["bold:" + row[0], "Record", *row]))))
+            self.n += 1
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.jsonld.write("\n]}\n")
+        return self.stack.__exit__(*exc)
 
 
 def _make_image_folders(images_dir: Path):

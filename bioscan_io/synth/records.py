@@ -1,23 +1,32 @@
 """The metadata records: splits, identifiers, labels, BINs, geography and measurements.
 
 Each part draws from its own random stream (:mod:`.common`), so the records do
-not depend on the image package or on how many processes render the images.
+not depend on the image package or on how many processes make them.  What is
+drawn for the whole dataset at once (splits, species, labels, measurements,
+places) is held in compact arrays, a few bytes per record (:class:`_Plan`);
+the identifiers and barcodes, long strings, are drawn in file order a chunk of
+records at a time, and the rows are made and written a chunk at a time
+(:func:`_record_chunks`), so the memory used does not grow with the strings
+of millions of records.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import SPLITS, chunk_of
-from .barcodes import _make_barcodes
-from .common import _S_GEO, _S_IDS, _S_RECORDS, _S_SPLITS, _S_TAXONOMY, _rng
-from .geography import _make_geography
+from ..schema import SPLIT_SIZES, SPLITS, TAXONOMIC_RANKS
+from .barcodes import _BarcodeMaker
+from .common import _S_GEO, _S_RECORDS, _S_SPLITS, _S_TAXONOMY, _cdf, _rng, _trim_memory
+from .geography import _make_geography, _place_names
+from .ids import _IdMaker
+from .stream import _ahead
 from .taxa import _ORDERS, _PLAN_CODES
-from .taxonomy import _PRETRAIN_DEPTH, _assign_species, _labels, _Taxonomy
+from .taxonomy import _PRETRAIN_DEPTH, _assign_species, _bin_name, _labels, _Taxonomy
 
-__all__ = ["SPLIT_FRACTIONS"]
+__all__ = ["SPLIT_FRACTIONS", "OFFICIAL_SPLIT_SIZES"]
 
 #: Share of the records that each split gets in a generated dataset.  The real
 #: release is 91 % pretrain; here the labelled splits are scaled up so that a
@@ -34,184 +43,271 @@ SPLIT_FRACTIONS = {
 }
 assert tuple(SPLIT_FRACTIONS) == SPLITS and abs(sum(SPLIT_FRACTIONS.values()) - 1) < 1e-9
 
-_PROJECT_CODES = (
-    "AACTA", "BBCNP", "CRPAB", "GMCRA", "GMPAK", "UPCCR", "BSCRB", "MGCRA",
-    "BCLMN", "SSPAA", "GMZAF", "BIOCA", "ACGAZ", "CNGBA", "GMTHA", "RRMFI",
-)
-_WELL_ROWS = "ABCDEFGH"
+#: Records per split of the published BIOSCAN-5M release (5,150,850 records),
+#: whose proportions ``official_splits=True`` follows.
+OFFICIAL_SPLIT_SIZES = dict(SPLIT_SIZES)
+
+_PRETRAIN = SPLITS.index("pretrain")
+_SPECIES_DEPTH = TAXONOMIC_RANKS.index("species")
 
 
-def _split_counts(n: int) -> dict:
-    """Records per split: a floor of min(3, n // 8) each, the rest by share."""
-    base = min(3, n // len(SPLITS))
-    rest = n - base * len(SPLITS)
-    raw = {s: rest * f for s, f in SPLIT_FRACTIONS.items()}
-    counts = {s: base + int(math.floor(v)) for s, v in raw.items()}
-    left = n - sum(counts.values())
-    # largest remainder; ties broken by release order
-    order = sorted(SPLITS, key=lambda s: (-(raw[s] - math.floor(raw[s])), SPLITS.index(s)))
-    for s in order[:left]:
+def _largest_remainder(n, floors, remainders) -> dict:
+    """``floors`` plus one record for each of the splits with the largest ``remainders``, ``n`` in all.
+
+    Ties go to the split that comes first in release order.
+    """
+    counts = dict(floors)
+    left = n - sum(floors.values())
+    for s in sorted(SPLITS, key=lambda s: (-remainders[s], SPLITS.index(s)))[:left]:
         counts[s] += 1
     assert sum(counts.values()) == n
     return counts
 
 
+def _split_counts(n: int, official: bool = False) -> dict:
+    """Records per split of an ``n``-record dataset.
 
-def _draw_splits(n, seed, tax):
-    """Split and (true, hidden) species of every record, in file order."""
+    By default a floor of min(3, n // 8) each and the rest by :data:`SPLIT_FRACTIONS`;
+    with ``official`` the proportions of :data:`OFFICIAL_SPLIT_SIZES` (its very
+    counts for n = 5,150,850), without floor.  Both round by largest remainder.
+    """
+    if official:
+        total = sum(OFFICIAL_SPLIT_SIZES.values())
+        # integer arithmetic: floats could miss the exact counts at n = total
+        floors = {s: n * c // total for s, c in OFFICIAL_SPLIT_SIZES.items()}
+        return _largest_remainder(n, floors, {s: n * c % total / total for s, c in OFFICIAL_SPLIT_SIZES.items()})
+    base = min(3, n // len(SPLITS))
+    raw = {s: (n - base * len(SPLITS)) * f for s, f in SPLIT_FRACTIONS.items()}
+    floors = {s: base + math.floor(v) for s, v in raw.items()}
+    return _largest_remainder(n, floors, {s: v - math.floor(v) for s, v in raw.items()})
+
+
+@dataclass
+class _Plan:
+    """What is drawn for the whole dataset before its rows are made: compact arrays, one entry per record.
+
+    ``split`` (int8, index into SPLITS), ``species`` (int32 species id),
+    ``depth`` (int8, deepest labelled rank, index into TAXONOMIC_RANKS) and
+    ``slot`` (int8: which of ``bins``' three columns is the record's BIN) come
+    first; :func:`_plan_rest` adds ``bin_missing``, the measurements ``m``
+    (see :func:`_measurements`) and the places ``geo`` (see
+    :func:`_make_geography`), drawing on from the records' stream ``rrng``.
+    ``bins`` holds each species' BIN codes (own two, shared; -1: none).
+    """
+
+    tax: _Taxonomy
+    species_cols: dict
+    bins: np.ndarray
+    split: np.ndarray
+    species: np.ndarray
+    depth: np.ndarray
+    slot: np.ndarray
+    rrng: np.random.Generator
+    bin_missing: np.ndarray | None = None
+    m: dict | None = None
+    geo: tuple | None = None
+
+
+def _draw_splits(counts, seed, tax):
+    """Split (code) and (true, hidden) species of every record, in file order."""
     srng = _rng(seed, _S_SPLITS)
-    counts = _split_counts(n)
     per_split = _assign_species(counts, tax, srng)
+    n = sum(counts.values())
     # interleave the splits in a random order, as in the published file
-    split_of = np.array([s for s in SPLITS for _ in range(counts[s])], dtype=object)
-    splits = split_of[srng.permutation(n)].tolist()
-    remaining = {s: iter(per_split[s]) for s in SPLITS}
-    species = [next(remaining[s]) for s in splits]
-    return splits, species
+    split = np.repeat(np.arange(len(SPLITS), dtype=np.int8), [counts[s] for s in SPLITS])[srng.permutation(n)]
+    species = np.empty(n, dtype=np.int32)
+    for code, s in enumerate(SPLITS):
+        species[split == code] = per_split[s]
+    return split, species
 
 
-def _well_id(rng, prefix):
-    """A plate-well identifier, ``{prefix}{plate}-{row}{column}`` (``BIOUG12345-A01``)."""
-    return f"{prefix}{rng.integers(10000, 99999)}-{_WELL_ROWS[rng.integers(8)]}{rng.integers(1, 13):02d}"
+def _label_depths(split, species, cols, genera, rrng):
+    """Deepest labelled rank of every record (pretrain ones down to a random rank only) and its BIN slot (0 or 1).
 
-
-def _new_processid(rng):
-    if rng.random() < 0.3:
-        return _well_id(rng, "BIOUG")
-    code = _PROJECT_CODES[rng.integers(len(_PROJECT_CODES))]
-    return f"{code}{rng.integers(1, 100000 if rng.random() < 0.5 else 5000)}-{rng.integers(12, 24)}"
-
-
-def _new_sampleid(rng, pid):
-    r = rng.random()
-    if pid.startswith("BIOUG") and r < 0.7:
-        return pid  # plate-well processids often double as the sample id
-    if r < 0.75:
-        return _well_id(rng, "BIOUG")
-    if r < 0.9:
-        return _well_id(rng, "CCDB-")
-    return f"GMP#{rng.integers(10000, 99999):05d}"
-
-
-def _make_ids(rng, splits):
-    """Unique processids and sampleids; one pretrain chunk is kept empty."""
-    empty_chunk = f"{rng.integers(256):02x}"
-    pids, sids = [], []
-    used_p, used_s = set(), set()
-    for split in splits:
-        pid = _new_processid(rng)
-        while pid in used_p or (split == "pretrain" and chunk_of(pid, "pretrain") == empty_chunk):
-            pid = _new_processid(rng)
-        used_p.add(pid)
-        pids.append(pid)
-        sid = _new_sampleid(rng, pid)
-        while sid in used_s:
-            sid = _new_sampleid(rng, pid)
-        used_s.add(sid)
-        sids.append(sid)
-    return pids, sids, empty_chunk
-
-
-def _label_records(species, splits, rrng):
-    """Labels of every record (pretrain ones down to a random rank only) and the BIN it falls in."""
-    depth_names = [d for d, _ in _PRETRAIN_DEPTH]
+    Record by record, a pretrain record draws its depth and a record of a
+    species with two BINs draws which one it is in: all ``random()`` draws, so
+    they are drawn at once and handed out in that order.
+    """
+    pre = split == _PRETRAIN
+    two = cols["bins"][species, 1] >= 0
+    draws = pre.astype(np.int32) + two
+    first = np.cumsum(draws, dtype=np.int64) - draws
+    u = rrng.random(int(draws.sum()))
+    names = [d for d, _ in _PRETRAIN_DEPTH]
     depth_p = np.array([p for _, p in _PRETRAIN_DEPTH])
-    depth_p /= depth_p.sum()
-    labels, bins = [], []
-    for sp, split in zip(species, splits):
-        if split == "pretrain":
-            depth = depth_names[rrng.choice(len(depth_names), p=depth_p)]
-            if depth == "genus" and sp.genus.name is None:
-                depth = "subfamily"
-        else:
-            depth = "species"
-        labels.append(_labels(sp, depth))
-        bins.append(sp.bins[0] if len(sp.bins) == 1 or rrng.random() < 0.7 else sp.bins[1])
-    return labels, bins
+    codes = np.array([TAXONOMIC_RANKS.index(d) for d in names], dtype=np.int8)
+    depth = np.full(len(split), _SPECIES_DEPTH, dtype=np.int8)
+    depth[pre] = codes[np.searchsorted(_cdf(depth_p / depth_p.sum()), u[first[pre]], side="right")]
+    genus_known = np.array([g.name is not None for g in genera])[cols["genus"][species]]
+    depth[pre & (depth == TAXONOMIC_RANKS.index("genus")) & ~genus_known] = TAXONOMIC_RANKS.index("subfamily")
+    slot = np.zeros(len(split), dtype=np.int8)
+    slot[two] = u[first[two] + pre[two]] >= 0.7
+    return depth, slot
 
 
-def _share_bins(species, bins, rrng):
+def _share_bins(species, slot, cols, genera, rrng):
     """Move some records of a few species into a BIN of another species of their genus.
 
-    BINs map to mostly, not always, one species.
+    BINs map to mostly, not always, one species.  In a genus with two or more
+    species, the second species (in order of first record) may share the
+    first one's BIN.  Returns the species' BIN codes (own two, shared) and
+    sets ``slot`` to 2 for the records moved.
     """
-    by_genus = {}
-    for sp in dict.fromkeys(species):
-        if sp.genus.name:
-            by_genus.setdefault(sp.genus.name, []).append(sp)
-    shared = {}
-    for sps in by_genus.values():
-        if len(sps) >= 2 and rrng.random() < 0.08:
-            shared[sps[1].name] = sps[0].bins[0]
-    return [shared.get(sp.name, b) if rrng.random() < 0.5 else b for sp, b in zip(species, bins)]
+    values, first = np.unique(species, return_index=True)
+    ordered = values[np.argsort(first)]  # species in order of their first record
+    genus = cols["genus"][ordered]
+    named = np.array([g.name is not None for g in genera], dtype=bool)[genus]
+    ordered, genus = ordered[named], genus[named]
+    by_genus = np.argsort(genus, kind="stable")
+    _, starts, sizes = np.unique(genus[by_genus], return_index=True, return_counts=True)
+    # genera in the order of their first species: the order their draws were always made in
+    in_order = np.argsort(by_genus[starts])
+    several = in_order[sizes[in_order] >= 2]
+    lucky = several[rrng.random(len(several)) < 0.08]
+    bins = np.concatenate([cols["bins"], np.full((len(cols["bins"]), 1), -1, dtype=np.int32)], axis=1)
+    second, first_sp = ordered[by_genus[starts[lucky] + 1]], ordered[by_genus[starts[lucky]]]
+    bins[second, 2] = bins[first_sp, 0]
+    moved = (rrng.random(len(species)) < 0.5) & (bins[species, 2] >= 0)
+    slot[moved] = 2
+    return bins
+
+
+def _plan(n, seed, official) -> _Plan:
+    """Splits, species, label depths and BINs of every record (the first part of the plan)."""
+    counts = _split_counts(n, official)
+    tax = _Taxonomy(_rng(seed, _S_TAXONOMY))
+    split, species = _draw_splits(counts, seed, tax)
+    cols = tax.columns()
+    rrng = _rng(seed, _S_RECORDS)
+    depth, slot = _label_depths(split, species, cols, tax.genera, rrng)
+    bins = _share_bins(species, slot, cols, tax.genera, rrng)
+    return _Plan(tax, cols, bins, split, species, depth, slot, rrng)
+
+
+# Records of the BIOSCAN-1M release: a record's index into it is unique.
+_BIOSCAN_1M_RECORDS = 1_128_313
 
 
 def _measurements(n, rrng):
     """Image measurements and other per-record numbers (area_fraction is what the images are drawn with)."""
-    area = np.clip(rrng.beta(2.2, 12.0, n), 0.004, 0.8)
+    # in place (out=): at millions of records each temporary array takes tens of megabytes
+    area = rrng.beta(2.2, 12.0, n)
+    np.clip(area, 0.004, 0.8, out=area)
     img_missing = rrng.random(n) < 0.004
     area_missing = img_missing | (rrng.random(n) < 0.002)
-    scale = np.exp(rrng.normal(1.05, 0.35, n))
-    inferred = rrng.choice(5, size=n, p=[0.78, 0.12, 0.06, 0.03, 0.01])
-    # BIOSCAN-1M index for ~22 % of the records, unique
-    has_1m = np.flatnonzero(rrng.random(n) < 0.22)
-    idx_1m = np.full(n, -1, dtype=np.int64)
+    scale = rrng.normal(1.05, 0.35, n)
+    np.exp(scale, out=scale)
+    inferred = rrng.choice(5, size=n, p=[0.78, 0.12, 0.06, 0.03, 0.01]).astype(np.uint8)
+    # BIOSCAN-1M index for ~22 % of the records, unique (so at most as many as it has)
+    has_1m = np.flatnonzero(rrng.random(n) < 0.22)[:_BIOSCAN_1M_RECORDS]
+    idx_1m = np.full(n, -1, dtype=np.int32)
     if len(has_1m):
-        idx_1m[has_1m] = rrng.choice(1_128_313, size=len(has_1m), replace=False)
+        idx_1m[has_1m] = rrng.choice(_BIOSCAN_1M_RECORDS, size=len(has_1m), replace=False)
     return {"area": area, "img_missing": img_missing, "area_missing": area_missing, "scale": scale,
             "inferred": inferred, "idx_1m": idx_1m}
 
 
-def _record(i, pid, sid, split, lab, dna_bin, barcode, geo, m):
-    """Record ``i`` as a dict with every column; ``m`` holds the arrays of :func:`_measurements`."""
-    country, province, lat, lon = geo
-    area = m["area"][i]
-    no_image = m["img_missing"][i]
-    return {
-        "processid": pid,
-        "sampleid": sid,
-        "taxon": lab["taxon"],
-        "phylum": lab["phylum"],
-        "class": lab["class"],
-        "order": lab["order"],
-        "family": lab["family"],
-        "subfamily": lab["subfamily"],
-        "genus": lab["genus"],
-        "species": lab["species"],
-        "dna_bin": dna_bin,
-        "dna_barcode": barcode,
-        "country": country,
-        "province_state": province,
-        "coord-lat": lat,
-        "coord-lon": lon,
-        "image_measurement_value": None if no_image else float(round(area * 1024 * 768)),
-        "area_fraction": None if m["area_missing"][i] else float(round(area, 6)),
-        "scale_factor": None if no_image else float(m["scale"][i]),
-        "inferred_ranks": int(min(m["inferred"][i], sum(v is not None for v in lab.values()) - 1)),
-        "split": split,
-        "index_bioscan_1M_insect": int(m["idx_1m"][i]) if m["idx_1m"][i] >= 0 else None,
-        "chunk": chunk_of(pid, split),
-    }
-
-
-def _make_records(n, seed):
-    """The records (dicts with every column) and the per-record image parameters."""
-    tax = _Taxonomy(_rng(seed, _S_TAXONOMY))
-    splits, species = _draw_splits(n, seed, tax)
-    rrng = _rng(seed, _S_RECORDS)
-    pids, sids, _ = _make_ids(_rng(seed, _S_IDS), splits)
-    labels, bins = _label_records(species, splits, rrng)
-    bins = _share_bins(species, bins, rrng)
-    barcodes = _make_barcodes(n, species, bins, seed)
+def _plan_rest(plan: _Plan, seed) -> None:
+    """Add the missing BINs, the measurements and the places of every record to ``plan``."""
+    n = len(plan.split)
     # records without a BIN (mostly pretrain); barcodes were made from the true BIN
-    bin_missing = rrng.random(n) < np.where(np.array(splits) == "pretrain", 0.02, 0.003)
-    geo = _make_geography(n, [sp.home for sp in species], _rng(seed, _S_GEO), tax.country_p)
-    m = _measurements(n, rrng)
-    dna_bins = [None if missing else b for b, missing in zip(bins, bin_missing)]
-    columns = zip(pids, sids, splits, labels, dna_bins, barcodes, geo)
-    records = [_record(i, *values, m) for i, values in enumerate(columns)]
-    render = [
-        (_PLAN_CODES[_ORDERS[sp.genus.order][3]], sp.colour, sp.size, float(m["area"][i]))
-        for i, sp in enumerate(species)
-    ]
-    return records, render
+    plan.bin_missing = plan.rrng.random(n) < np.where(plan.split == _PRETRAIN, 0.02, 0.003)
+    homes = plan.species_cols["home"][plan.species]
+    plan.geo = _make_geography(homes, _rng(seed, _S_GEO), plan.tax.country_p)
+    plan.m = _measurements(n, plan.rrng)
+
+
+def _columns(seed, plan: _Plan, bounds):
+    """The identifiers and barcodes of every chunk of records: ``(pids, sids, chunk folders, barcodes)``."""
+    ids = _IdMaker(seed)
+    barcodes = _BarcodeMaker(seed, plan.species, plan.slot, plan.tax.genera, plan.species_cols["genus"])
+    for start, stop in bounds:
+        yield (*ids.chunk(plan.split[start:stop]), barcodes.chunk(start, stop))
+
+
+class _Labeller:
+    """The taxonomic columns of records, from their species and label depth (the higher ranks cached by genus)."""
+
+    def __init__(self, plan: _Plan):
+        self.names, self.genera = plan.tax.names, plan.tax.genera
+        self.genus = plan.species_cols["genus"].tolist()
+        self.cache = {}
+
+    def __call__(self, sp, depth):
+        """The values of TAXONOMIC_RANKS and the taxon, and how many of the ranks are known."""
+        g = self.genus[sp]
+        if depth == _SPECIES_DEPTH:
+            return self._labels(g, self.names[sp], depth)
+        key = (g, depth)
+        if key not in self.cache:  # above the species, the labels are those of the genus
+            self.cache[key] = self._labels(g, None, depth)
+        return self.cache[key]
+
+    def _labels(self, g, name, depth):
+        labels = _labels(self.genera[g], name, depth)
+        # the values given, less the taxon (which repeats the deepest of them)
+        return labels, len(labels) - labels.count(None) - 1
+
+
+def _or_none(values, missing) -> list:
+    """``values`` as a list of Python numbers, None where ``missing``."""
+    out = values.astype(object)
+    out[missing] = None
+    return out.tolist()
+
+
+def _rows(plan: _Plan, labeller, start, pids, sids, chunks, barcodes):
+    """The rows of the records from ``start`` on: lists of Python values in COLUMNS order (None: missing)."""
+    m, sl = plan.m, slice(start, start + len(pids))
+    area, no_image, idx_1m = m["area"][sl], m["img_missing"][sl], m["idx_1m"][sl]
+    # numpy's rounding, as the values always were (Python's round(x, 6) differs in the last digit at times)
+    measured = (_or_none(np.round(area * 1024 * 768), no_image), _or_none(np.round(area, 6), m["area_missing"][sl]),
+                _or_none(m["scale"][sl], no_image), m["inferred"][sl].tolist(), _or_none(idx_1m, idx_1m < 0))
+    country, province, lat, lon = (g[sl] for g in plan.geo)
+    bin_codes = plan.bins[plan.species[sl], plan.slot[sl]]
+    bin_codes[plan.bin_missing[sl]] = -1
+    columns = zip(
+        pids, sids, barcodes, chunks, plan.species[sl].tolist(), plan.depth[sl].tolist(), bin_codes.tolist(),
+        plan.split[sl].tolist(), country.tolist(), province.tolist(), _or_none(lat, np.isnan(lat)),
+        _or_none(lon, np.isnan(lon)), *measured,
+    )
+    rows = []
+    for pid, sid, barcode, chunk, sp, depth, bin_code, split, ci, pi, la, lo, imv, af, sf, inferred, idx in columns:
+        labels, known = labeller(sp, depth)
+        rows.append([
+            pid, sid, labels[7], *labels[:7], _bin_name(bin_code) if bin_code >= 0 else None, barcode,
+            *_place_names(ci, pi), la, lo, imv, af, sf, min(inferred, known), SPLITS[split], idx, chunk,
+        ])
+    return rows
+
+
+def _render_params(plan: _Plan, start, stop):
+    """What the photos of records ``start`` to ``stop`` are drawn with: (plan code, colour, size, area_fraction)."""
+    cols, sp = plan.species_cols, plan.species[start:stop]
+    plans = np.array([_PLAN_CODES[_ORDERS[g.order][3]] for g in plan.tax.genera])[cols["genus"][sp]]
+    colours = map(tuple, cols["colour"][sp].tolist())
+    return list(zip(plans.tolist(), colours, cols["size"][sp].tolist(), plan.m["area"][start:stop].tolist()))
+
+
+def _record_chunks(n, seed, official, chunk_size, background, render_stop):
+    """Make the records a chunk at a time: yields ``(start, rows, render)``.
+
+    ``rows`` are those of records ``start`` on (see :func:`_rows`); ``render``
+    holds what the photos of the chunk's records below ``render_stop`` are
+    drawn with.  With ``background``, a child process draws the identifiers
+    and barcodes (two sequential random streams) while this one draws the rest
+    and makes the rows; the records are the same either way, and whatever
+    ``chunk_size``.
+    """
+    plan = _plan(n, seed, official)
+    bounds = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    _trim_memory()  # before the fork, which would count the freed memory again
+    with _ahead(_columns, (seed, plan, bounds), background) as columns:
+        _plan_rest(plan, seed)
+        labeller = _Labeller(plan)
+        for (start, stop), cols in zip(bounds, columns):
+            rows = _rows(plan, labeller, start, *cols)
+            del cols  # while the next chunk is made, only this one's rows are kept
+            _trim_memory()
+            yield start, rows, _render_params(plan, start, min(stop, render_stop))
+            del rows
