@@ -37,7 +37,8 @@ from .schema import (
 )
 
 __all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "take_rows", "column_numpy", "fixed_width", "RowLookup",
-           "file_sha256", "cache_path", "open_cached", "clear_cache", "label_values", "label_indices"]
+           "file_sha256", "cache_path", "open_cached", "clear_cache", "label_values", "save_label_values",
+           "open_label_values", "label_indices"]
 
 _ARROW_TYPES = {
     "str": pa.string(),
@@ -345,6 +346,23 @@ def label_values(table: pa.Table) -> dict[str, list[str]]:
     pandas categorical codes sort values in Python string order.
     """
     return {rank: sorted(pc.unique(table.column(rank)).drop_null().to_pylist()) for rank in RANKS}
+
+
+def save_label_values(labels: dict[str, list[str]], path: str | os.PathLike) -> None:
+    """Write :func:`label_values` as an Arrow IPC file, for worker processes to memory-map.
+
+    At full size a rank such as ``dna_bin`` has ~800,000 values: as Python strings
+    handed to each worker they would cost ~100 MB of every writer's memory.
+    """
+    table = pa.table({rank: pa.array([values], pa.list_(pa.string())) for rank, values in labels.items()})
+    with replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def open_label_values(path: str | os.PathLike) -> dict[str, pa.Array]:
+    """The label values written by :func:`save_label_values`, per rank, memory-mapped."""
+    table = open_cached(path)
+    return {rank: table.column(rank).chunk(0).flatten() for rank in table.column_names}
 
 
 def label_indices(values: list[str], column) -> np.ndarray:

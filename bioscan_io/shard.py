@@ -176,12 +176,17 @@ def _fingerprint(**parts) -> str:
     return digest.hexdigest()
 
 
-# Each writer process's metadata (memory-mapped) and label values (for the index).
+# Each writer process's metadata and label values (for the index), both memory-mapped.
 _TABLE: pa.Table | None = None
 _LABELS: dict | None = None
 
 
-def _init_worker(cache: str, labels: dict) -> None:
+def _labels_file(cache: Path) -> Path:
+    """Where the run keeps the label values for its writers, beside the metadata cache."""
+    return cache.with_suffix(".labels.arrow")
+
+
+def _init_worker(cache: str, labels: str) -> None:
     # Die with the parent: a killed bioscan-shard must not leave workers behind.
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -285,7 +290,8 @@ def _run_tasks(plan: SplitPlan, tasks, count: int, finished: dict, workers, prog
     memory would grow with the metadata; a spawned one holds its shard's rows
     and the memory map's pages it reads.
     """
-    folder, cache, labels = plan.folder, plan.cache, plan.labels
+    folder, cache, labels = plan.folder, plan.cache, _labels_file(plan.cache)
+    md.save_label_values(plan.labels, labels)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     workers = max(1, min(workers, count))
@@ -305,17 +311,17 @@ def _run_tasks(plan: SplitPlan, tasks, count: int, finished: dict, workers, prog
                 for task in tasks:
                     record(write_shard(task))
             else:
-                with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(cache), labels)) as pool:
+                with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(cache), str(labels))) as pool:
                     for info in pool.imap_unordered(write_shard, tasks):
                         record(info)
         finally:
             bar.close()  # before an error's one line, not after it
 
 
-def _init_tables(cache, labels: dict) -> None:
+def _init_tables(cache, labels) -> None:
     global _TABLE, _LABELS
     _TABLE = md.open_cached(cache)
-    _LABELS = labels
+    _LABELS = md.open_label_values(labels)
 
 
 
