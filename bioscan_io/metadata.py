@@ -36,7 +36,7 @@ from .schema import (
     BioscanError,
 )
 
-__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "take_rows", "column_numpy", "fixed_width", "RowLookup",
+__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "take_rows", "column_numpy", "fixed_width", "SortedKeys", "RowLookup",
            "file_sha256", "cache_path", "open_cached", "clear_cache", "label_values", "save_label_values",
            "open_label_values", "label_indices"]
 
@@ -442,12 +442,51 @@ def column_numpy(column: pa.ChunkedArray | pa.Array, dtype=None) -> np.ndarray:
     return out.astype(dtype, copy=False) if dtype is not None else out
 
 
+class SortedKeys:
+    """Millions of strings as one sorted numpy array of fixed-width bytes, found by binary search.
+
+    A Python set or dict would cost ~60 bytes more a string, and an Arrow hash
+    table (``pc.index_in``) is built again on every call: ~50 MB and a pass over
+    the values for each shard, for the ~800,000 BINs of the full release.
+
+    Parameters
+    ----------
+    strings : pyarrow string array or sequence of str
+        The keys; :meth:`positions` answers with their indices in this order.
+    """
+
+    def __init__(self, strings):
+        keys = fixed_width(strings)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.order = keys[order], order
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def positions(self, strings) -> np.ndarray:
+        """The index of each string among the keys, -1 where absent (null, or not a key).
+
+        ``strings``: a sequence of str or an Arrow string array.
+        """
+        if isinstance(strings, (pa.Array, pa.ChunkedArray)):
+            wanted = fixed_width(strings)
+            lengths = column_numpy(pc.fill_null(pc.binary_length(strings), 0), np.int64)
+            present = column_numpy(pc.is_valid(strings), bool)
+        else:
+            encoded = [s.encode("utf-8", "surrogateescape") for s in strings]
+            wanted = np.array(encoded, dtype=object)
+            lengths = np.array([len(e) for e in encoded], np.int64)
+            present = np.ones(len(encoded), bool)
+        if not len(self.keys) or not len(wanted):
+            return np.full(len(wanted), -1, np.int64)
+        present &= lengths <= self.keys.itemsize  # numpy would cut a longer string to fit, and maybe find it
+        wanted = np.where(present, wanted, b"").astype(self.keys.dtype)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(present & (self.keys[at] == wanted), self.order[at], -1)
+
+
 class RowLookup:
     """Processid -> row number for millions of records, without a Python object per record.
-
-    The processids of the chosen rows are held as one sorted numpy array of
-    fixed-width bytes (~16 bytes a record) and looked up by binary search: a
-    shard's keys are found in microseconds each, whatever the metadata's size.
 
     Parameters
     ----------
@@ -458,23 +497,15 @@ class RowLookup:
     """
 
     def __init__(self, table: pa.Table, rows: np.ndarray):
-        rows = np.asarray(rows, dtype=np.int64)
-        pids = fixed_width(take_rows(table, rows, ["processid"]).column(0))
-        order = np.argsort(pids, kind="stable")
-        self.keys, self.rows = pids[order], rows[order]
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.keys = SortedKeys(take_rows(table, self.rows, ["processid"]).column(0))
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.rows)
 
     def positions(self, keys) -> np.ndarray:
-        """The position of each key in :attr:`keys` (sorted order), -1 where absent."""
-        encoded = [k.encode("utf-8", "surrogateescape") for k in keys]
-        fits = np.array([len(e) <= self.keys.itemsize for e in encoded], dtype=bool)  # numpy would cut the rest
-        wanted = np.array([e if ok else b"" for e, ok in zip(encoded, fits)], dtype=self.keys.dtype)
-        if not len(self.keys):
-            return np.full(len(wanted), -1, np.int64)
-        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        return np.where(fits & (self.keys[at] == wanted), at, -1)
+        """The index of each key among :attr:`rows`, -1 where absent."""
+        return self.keys.positions(keys)
 
     def find(self, keys) -> np.ndarray:
         """The row number of each key, -1 where absent."""
@@ -487,7 +518,9 @@ def fixed_width(column) -> np.ndarray:
 
     Millions of processids or image paths held this way cost their bytes, not a
     Python object each (~60 bytes more a string). ``column``: an Arrow string
-    array (chunked or not) or a sequence of str.
+    array (chunked or not) or a sequence of str. numpy drops trailing NUL bytes,
+    so strings that differ only by them compare equal (no processid, label or
+    path has one).
     """
     if not isinstance(column, (pa.Array, pa.ChunkedArray)):
         column = pa.array(column, pa.large_string())
@@ -497,11 +530,16 @@ def fixed_width(column) -> np.ndarray:
     at = 0
     for chunk in chunks:
         chunk = chunk.cast(pa.large_binary())
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        data = np.frombuffer(chunk.buffers()[2], np.uint8) if chunk.buffers()[2] is not None else np.empty(0, np.uint8)
-        lengths = np.diff(offsets)
-        row = np.repeat(np.arange(len(chunk)), lengths)
-        col = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)
-        out[at + row, col] = data[offsets[0]:offsets[-1]]
-        at += len(chunk)
+        for start in range(0, len(chunk), _SLICE):  # the scatter's indices cost 16 bytes a byte: bounded
+            part = chunk.slice(start, _SLICE)
+            offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:part.offset + len(part) + 1]
+            data = np.frombuffer(part.buffers()[2], np.uint8) if part.buffers()[2] is not None else np.empty(0, np.uint8)
+            lengths = np.diff(offsets)
+            row = np.repeat(np.arange(len(part)), lengths)
+            col = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)
+            out[at + row, col] = data[offsets[0]:offsets[-1]]
+            at += len(part)
     return out.view(f"S{width}").ravel()
+
+
+_SLICE = 1 << 15

@@ -321,7 +321,7 @@ def _run_tasks(plan: SplitPlan, tasks, count: int, finished: dict, workers, prog
 def _init_tables(cache, labels) -> None:
     global _TABLE, _LABELS
     _TABLE = md.open_cached(cache)
-    _LABELS = md.open_label_values(labels)
+    _LABELS = {rank: md.SortedKeys(values) for rank, values in md.open_label_values(labels).items()}
 
 
 

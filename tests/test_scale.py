@@ -21,6 +21,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
@@ -132,3 +133,26 @@ def test_image_keys_follow_image_subpath(dataset_small):
     expected = [image_subpath(p, s, c) for p, s, c in zip(*(table.column(c).take(pa.array(rows)).to_pylist()
                                                              for c in ("processid", "split", "chunk")))]
     assert image_keys(table, rows).to_pylist() == expected
+
+
+#: No NUL (fixed-width bytes end at one, metadata.fixed_width) and no lone surrogate (not UTF-8).
+TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+
+
+@given(st.lists(st.text(TEXT, max_size=6), max_size=30, unique=True),
+       st.lists(st.one_of(st.none(), st.text(TEXT, max_size=9)), max_size=40))
+def test_sorted_keys_agree_with_index_in(values, column):
+    values = sorted(values)
+    column = pa.array(column, pa.string())
+    expected = pc.fill_null(pc.index_in(column, value_set=pa.array(values, pa.string())), -1).to_pylist()
+    keys = md.SortedKeys(values)
+    assert keys.positions(column).tolist() == expected
+    assert keys.positions(pa.chunked_array([column.slice(0, 3), column.slice(3)], pa.string())).tolist() == expected
+    plain = [v for v in column.to_pylist() if v is not None]
+    assert keys.positions(plain).tolist() == [values.index(v) if v in values else -1 for v in plain]
+
+
+def test_fixed_width_across_slices():
+    strings = [f"K{i}" * (i % 3 + 1) for i in range(70_000)]  # past two of fixed_width's slices
+    column = pa.chunked_array([pa.array(strings[:5]), pa.array(strings[5:])])
+    assert [s.decode() for s in md.fixed_width(column).tolist()] == strings

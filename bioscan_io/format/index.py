@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..atomic import replacing
+from ..metadata import SortedKeys
 from ..schema import MISSING_LABEL, RANKS, BioscanError
 from .members import MEMBERS, parse_records
 
@@ -66,7 +66,8 @@ def build_index(keys, spans: dict, dna, records: pa.Table, labels: dict, shard: 
     records : pyarrow.Table
         The :data:`RECORD_FIELDS` of each sample (string columns).
     labels : dict
-        ``labels.json``'s values per rank (index = position).
+        ``labels.json``'s values per rank (index = position), or their
+        ``metadata.SortedKeys`` (made once for many shards).
     shard : dict
         What the index describes: ``shard`` (file name), ``shard_bytes``, ``shard_sha256``.
     """
@@ -79,8 +80,9 @@ def build_index(keys, spans: dict, dna, records: pa.Table, labels: dict, shard: 
     for field in RECORD_FIELDS:
         columns[field] = records.column(field).cast(pa.string()).combine_chunks()
     for rank in RANKS:
-        found = pc.index_in(columns[rank], value_set=pa.array(labels[rank], pa.string()))
-        columns[f"{rank}_index"] = pc.fill_null(found, MISSING_LABEL).cast(pa.int32())
+        values = labels[rank] if isinstance(labels[rank], SortedKeys) else SortedKeys(labels[rank])
+        found = values.positions(columns[rank])
+        columns[f"{rank}_index"] = pa.array(np.where(found < 0, MISSING_LABEL, found).astype(np.int32))
     meta = {**{k: str(v) for k, v in shard.items()}, "count": str(len(columns["processid"]))}
     return pa.table(columns).replace_schema_metadata({f"bioscan_io.{k}": v for k, v in meta.items()})
 
