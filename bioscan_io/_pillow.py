@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import suppress
 
 from PIL import Image
 
-__all__ = ["AVAILABLE", "PROBLEMS", "bomb_check", "check", "jpeg_rows"]
+__all__ = ["AVAILABLE", "PROBLEMS", "ROWS_EXACT", "bomb_check", "check", "describe", "jpeg_rows", "rows_exact"]
 
 #: The JPEG plugin's tile arguments for a 3-component image: (raw mode, JPEG colour space).
 _TILE_ARGS = ("RGB", "")
@@ -233,7 +234,70 @@ def check() -> list[str]:
         return [f"the private Pillow API check failed: {type(exc).__name__}: {exc}"]
 
 
+def rows_exact() -> bool:
+    """Whether resizing a box of an image cut a few rows below the box gives the whole image's pixels.
+
+    The fast path decodes only the rows a crop reads (:func:`jpeg_rows` with
+    ``rows``), which is exact where the resampler's result for a box does not
+    depend on the rows below it: so on pillow-simd; stock Pillow 13's differs by
+    one level in some pixels, so there every row is decoded. Never raises.
+    """
+    try:
+        import numpy as np
+
+        # a cropped_256 image and a crop of it enlarged to 224, as the loader makes
+        pixels = np.random.default_rng(0).integers(0, 256, (320, 256, 3), dtype=np.uint8)
+        whole = Image.fromarray(pixels)
+        box, out = (60, 115, 220, 276), (224, 224)
+        cut = Image.fromarray(np.ascontiguousarray(pixels[:278]))  # the box and its filter's reach
+        bilinear = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
+        return whole.resize(out, bilinear, box=box).tobytes() == cut.resize(out, bilinear, box=box).tobytes()
+    except Exception:
+        return False
+
+
 #: What :func:`check` found at import (empty on a Pillow with the expected private API).
 PROBLEMS: tuple[str, ...] = tuple(check())
 #: Whether the fast path's private API is usable; False sends :func:`jpeg_rows` to the public API.
 AVAILABLE: bool = not PROBLEMS
+#: Whether decoding only the rows a crop reads keeps the pixels exact (:func:`rows_exact`).
+ROWS_EXACT: bool = rows_exact()
+
+
+def describe() -> str:
+    """Which PIL is installed, what decodes its JPEGs, and whether the fast path is on (``bioscan-io --version``).
+
+    pillow-simd and stock Pillow both install the package ``PIL``; when both are
+    installed, PIL's files are those of whichever was installed last.
+    """
+    import PIL
+    from PIL import features
+
+    names = _owners(PIL.__file__)
+    if features.check_feature("libjpeg_turbo"):
+        jpeg = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
+    else:
+        jpeg = f"libjpeg {features.version_codec('jpg')}"
+    fast = "on" if AVAILABLE else f"off ({PROBLEMS[0]})"
+    if not ROWS_EXACT:
+        fast += ", every row decoded (this PIL's resize of a box depends on the rows below it)"
+    text = f"PIL {PIL.__version__} from {' + '.join(names) or 'an unknown distribution'}, JPEG by {jpeg}; " \
+           f"fast JPEG path {fast}"
+    if len(names) > 1:
+        text += "; both are installed and PIL's files are whichever came last: keep one (README, Install)"
+    return text
+
+
+def _owners(init: str) -> list[str]:
+    """The installed distributions whose files include this ``PIL/__init__.py`` (two: a clash)."""
+    import importlib.metadata
+    import os
+
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name in ("pillow", "pillow-simd"):
+            with suppress(OSError):
+                if os.path.samefile(dist.locate_file("PIL/__init__.py"), init):
+                    found.add(name)
+    return sorted(found)

@@ -7,7 +7,8 @@ only once complete: a reader never sees half a file, and a killed run leaves at
 most temporaries, which :func:`sweep` recognises by that one naming rule (and
 spares while the process named in it still runs: it may be writing them).
 The folders they go to are checked first (:func:`check_writable`), so that a
-run fails before it starts rather than half way through.
+run fails before it starts rather than half way through; a folder that one run
+at a time may write is held with a lock file (:func:`exclusive`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ import re
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .schema import BioscanError
 
-__all__ = ["TMP_MARK", "temporary_sibling", "replacing", "atomic_open", "sweep", "check_writable",
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+__all__ = ["TMP_MARK", "temporary_sibling", "replacing", "atomic_open", "exclusive", "sweep", "check_writable",
            "missing_folders"]
 
 #: What every temporary name holds after its final name.
@@ -46,7 +53,15 @@ def replacing(path: str | os.PathLike, *, sync: bool = False):
     """
     tmp = temporary_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            # A full disk's "No space left on device" comes from a write, which names no
+            # file: name the one being written (its final name; the temporary is gone).
+            cause = os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())  # pyarrow's holds the temporary
+            raise OSError(exc.errno, cause, str(path)) from exc  # errno picks the subclass (PermissionError...)
         if sync:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -56,6 +71,56 @@ def replacing(path: str | os.PathLike, *, sync: bool = False):
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, busy: str):
+    """Hold an exclusive lock on the file ``path`` (made if need be) for the block, then remove it.
+
+    Another process holding it is refused at once: ``BioscanError(busy)``, with
+    ``{pid}`` in ``busy`` replaced by that process's id (which the holder writes
+    into the file). ``flock`` locks are released by the kernel when their process
+    dies, so a killed run never leaves a stale lock: its file is merely reused.
+    """
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise BioscanError(busy.format(pid=holder)) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file as we opened it: lock the one there now
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()  # before the lock goes, so that a waiting process finds the file gone and retries
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """The process id the lock's holder wrote into its file."""
+    try:
+        return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    except OSError:  # Windows: the locked byte cannot be read
+        return "unknown"
+
+
+def _lock(fd: int) -> None:
+    """Lock ``fd`` exclusively without waiting; OSError if another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:  # Windows: a lock on the file's first byte
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
 
 @contextmanager

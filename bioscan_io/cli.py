@@ -52,16 +52,39 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as every other user error (``--help`` still shows usage).
+
+    argparse prints a multi-line ``usage:`` block before a bad argument's error;
+    the promise is one line naming the cause, and where the usage is.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: two lines as written (argparse's own would re-wrap them), made only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
 def _version() -> str:
-    """``bioscan-io VERSION``: the installed package's version (what pip lists), else the source tree's."""
+    """``bioscan-io VERSION``: the installed package's version (what pip lists), else the source
+    tree's; then the PIL build in use (pillow-simd or stock Pillow) and its JPEG library."""
     try:
-        return f"bioscan-io {importlib.metadata.version('bioscan-io')}"
+        version = importlib.metadata.version("bioscan-io")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        return f"bioscan-io {__version__}"
+        version = __version__
+    from ._pillow import describe
+
+    return f"bioscan-io {version}\n{describe()}"
 
 
 def _progress_argument(p: argparse.ArgumentParser) -> None:
@@ -304,8 +327,8 @@ COMMANDS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bioscan-io", description="WebDataset shards and loaders for BIOSCAN-5M.")
-    p.add_argument("--version", action="version", version=_version())
+    p = _Parser(prog="bioscan-io", description="WebDataset shards and loaders for BIOSCAN-5M.")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and the PIL build in use, and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         command.arguments(sub.add_parser(name, help=command.help, description=command.description))
@@ -343,8 +366,8 @@ def main(argv=None) -> int:
 def shard_main(argv=None) -> int:
     """``bioscan-shard``: shard one split of a dataset root."""
     command = COMMANDS["shard"]
-    p = argparse.ArgumentParser(prog="bioscan-shard", description=command.description)
-    p.add_argument("--version", action="version", version=_version())
+    p = _Parser(prog="bioscan-shard", description=command.description)
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and the PIL build in use, and exit")
     command.arguments(p)
     return _run("bioscan-shard", command, p.parse_args(argv))
 

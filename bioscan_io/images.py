@@ -199,8 +199,14 @@ def _dct_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
     return 1
 
 
-def _rows_for(box, out_h: int, scale: int) -> int:
-    """Rows (at ``1/scale``) a bilinear resize of ``box`` to ``out_h`` reads: the box and the filter's reach."""
+def _rows_for(box, out_h: int, scale: int) -> int | None:
+    """Rows (at ``1/scale``) a bilinear resize of ``box`` to ``out_h`` reads: the box and the filter's reach.
+
+    None (every row) where this PIL's resize of a box depends on the rows below it
+    (stock Pillow: ``_pillow.ROWS_EXACT``), so that the pixels stay exact.
+    """
+    if not _pillow.ROWS_EXACT:
+        return None
     reach = max((box[3] - box[1]) / scale / out_h, 1.0)  # bilinear support 1 x the filter's scale
     return int(math.ceil(box[3] / scale + reach)) + 1
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import distributed, handover, plan, storage
 from .resume import make_state, plan_identity, read_state
 from .reader import ErrorPolicy, read_items, read_rows, record_columns, refill_items
-from .shardlist import ShardSet, find_shards
+from .shardlist import ShardSet, check_sizes, find_shards
 from .options import check_options, resolve
 from .schema import BioscanError
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
@@ -259,7 +259,17 @@ class BioscanLoader:
 
     @property
     def skipped(self) -> int:
-        """Samples skipped so far in the current (or last) epoch, with ``on_error="skip"``."""
+        """Samples skipped so far in the current (or last) epoch, with ``on_error="skip"``.
+
+        The samples the manifest promised this rank that were not served: the
+        positions of the epoch's plan that good samples stood in for (a padding
+        position that repeats a lost sample counts again). With the manifest's
+        per-shard counts right, the records ``bioscan-io verify`` reports as
+        ``missing_record`` for tasks that read the tar; where verify reports a
+        ``count_mismatch``, the two differ by that difference (a refused shard
+        counts the manifest's count). An error that lost no promised sample
+        (samples past a shard's listed count) is in :attr:`errors` with 0.
+        """
         return sum(n for n, _ in self.errors)
 
     def state_dict(self) -> dict:
@@ -433,13 +443,19 @@ def make_loader(
         when there are workers).
     on_error : {"raise", "skip"}
         A corrupt sample or shard (truncated tar, bad header, corrupt JPEG, bad JSON,
-        missing member, a shard shorter than its manifest) raises ``BioscanError``
-        naming the shard and sample (default), or is skipped and counted: the loader's
+        missing member, a shard shorter than its manifest, an index that is missing,
+        unreadable or not the manifest's) raises ``BioscanError`` naming the shard and
+        sample (default), or is skipped and counted: the loader's
         ``errors`` and ``skipped`` give them, they are logged at the end of the epoch,
         and good samples of the same batch stand in for them so ``len()`` still
         holds (from the first readable shard of the epoch when all of a batch's
         samples were bad; only a split with no readable sample raises, on every
-        rank alike).
+        rank alike). As the loader opens a split, each local shard's byte size is
+        compared with its manifest (one ``os.stat``; remote shards are not): a
+        missing or resized tar is logged once, naming it and ``bioscan-io verify``;
+        tasks that read only the index (``mlm``, DNA-only ``classify``/``embed``)
+        are still served its exact samples, tasks that read images raise or skip
+        all of them.
     check_sha256 : bool
         Check each shard against its manifest sha256 the first time a process
         reads it (reading the whole shard once per worker); a shard that differs
@@ -471,6 +487,8 @@ def make_loader(
                            "bioscan-shard writes it beside the split folders; copy it there with the split")
     if shards.total == 0:
         raise BioscanError(f"no samples to load: the split at {shards.folder} holds 0 samples")
+    # Warns: a task that reads only the index would never see a damaged tar.
+    check_sizes(shards, reads_tar="image" in modalities or check_sha256)
     train = spec.train if train is None else train
     pad = spec.pad if pad is None else pad
     shuffle = train if shuffle is None else shuffle

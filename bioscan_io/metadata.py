@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -24,9 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from .atomic import replacing, sweep
+from .columns import fixed_width
 from .schema import (
     COLUMN_KINDS,
     COLUMNS,
+    FLOAT_COLUMNS,
     METADATA_CSV,
     METADATA_JSONLD,
     NA_VALUES,
@@ -36,9 +39,9 @@ from .schema import (
     BioscanError,
 )
 
-__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "take_rows", "column_numpy", "fixed_width", "SortedKeys", "RowLookup",
-           "file_sha256", "cache_path", "open_cached", "clear_cache", "label_values", "save_label_values",
-           "open_label_values", "label_indices"]
+__all__ = ["SCHEMA", "read_metadata", "find_metadata", "select_rows", "file_sha256", "metadata_sha256",
+           "cache_path", "open_cached", "clear_cache", "label_values", "save_label_values", "open_label_values",
+           "label_indices"]
 
 _ARROW_TYPES = {
     "str": pa.string(),
@@ -52,6 +55,8 @@ _ARROW_TYPES = {
 SCHEMA = pa.schema([(c, _ARROW_TYPES[COLUMN_KINDS[c]]) for c in COLUMNS])
 
 _BLOCK_SIZE = 16 << 20
+_SHA256_KEY = "bioscan_io.metadata_sha256"  # in the table's schema metadata
+_UNUSABLE_KEY = r"[./\\\x00-\x1f\x7f]"
 _NA_SET = frozenset(NA_VALUES)
 
 
@@ -92,17 +97,45 @@ def _csv_header(path: Path) -> list[str]:
         raise BioscanError(f"unreadable metadata CSV {path}: {exc}") from None
     if not header:
         raise BioscanError(f"unreadable metadata CSV {path}: the file is empty")
+    first = {}
+    for number, name in enumerate(header, start=1):
+        if name in first:  # the reader would keep one of the two and drop the other without a word
+            raise BioscanError(f"metadata {path} has column {name!r} twice (columns {first[name]} and {number}); "
+                               "keep one")
+        first[name] = number
     return header
 
 
 def _check_columns(names, path: Path) -> None:
+    """Refuse a file lacking an official column, or holding one that is not (it would be dropped)."""
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise BioscanError(f"metadata {path} is missing column(s): {', '.join(missing)}")
+    extra = [repr(c) for c in names if c not in COLUMN_KINDS and not c.startswith("@")]  # "@id": JSON-LD's own
+    if extra:
+        raise BioscanError(
+            f"metadata {path} has column(s) that BIOSCAN-5M's metadata does not: {', '.join(extra)}; "
+            f"the shards hold exactly its {len(COLUMNS)} columns, so remove them rather than have them dropped"
+        )
 
 
-def _csv_batches(path: Path):
-    """Typed record batches of a metadata CSV, in file order."""
+class _Hashing(io.RawIOBase):
+    """A binary file read through, its bytes fed to ``digest`` as they are read."""
+
+    def __init__(self, f, digest):
+        self._f, self._digest = f, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._f.readinto(buffer)
+        self._digest.update(memoryview(buffer)[:n])
+        return n
+
+
+def _csv_batches(path: Path, digest):
+    """Typed record batches of a metadata CSV, in file order; ``digest`` sees every byte they come from."""
     header = _csv_header(path)
     _check_columns(header, path)
     convert = pacsv.ConvertOptions(
@@ -113,13 +146,13 @@ def _csv_batches(path: Path):
         quoted_strings_can_be_null=True,
     )
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=_BLOCK_SIZE),
-            convert_options=convert,
-        )
-        for batch in reader:
-            yield batch
+        with open(path, "rb") as f:
+            reader = pacsv.open_csv(
+                _Hashing(f, digest),
+                read_options=pacsv.ReadOptions(block_size=_BLOCK_SIZE),
+                convert_options=convert,
+            )
+            yield from reader
     except pa.ArrowInvalid as exc:
         raise BioscanError(f"unreadable metadata CSV {path}: {_explain(exc, header, path)}") from None
 
@@ -183,11 +216,13 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _jsonld_table(path: Path) -> pa.Table:
+def _jsonld_table(path: Path, digest) -> pa.Table:
     """The records of a JSON-LD metadata file (``@graph`` list of objects)."""
     try:
         with open(path, "rb") as f:
-            doc = json.load(f)
+            data = f.read()
+        digest.update(data)
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BioscanError(f"unreadable metadata JSON-LD {path}: {_first_line(exc)}") from None
     records = doc.get("@graph") if isinstance(doc, dict) else doc
@@ -197,7 +232,7 @@ def _jsonld_table(path: Path) -> pa.Table:
     if bad is not None:
         raise BioscanError(f"unreadable metadata JSON-LD {path}: record {bad + 1} is not an object")
     if records:
-        _check_columns(set().union(*(r.keys() for r in records[:1000])), path)
+        _check_columns(sorted(set().union(*(r.keys() for r in records))), path)
     else:
         raise BioscanError(f"metadata JSON-LD {path} holds no records")
     columns = {}
@@ -213,12 +248,26 @@ def _jsonld_table(path: Path) -> pa.Table:
     return pa.table(columns, schema=SCHEMA)
 
 
+def _first_true(mask) -> int:
+    """The row of the first true value of a boolean column (nulls count as false)."""
+    return int(np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))[0])
+
+
 def _validate(table: pa.Table, path: Path) -> None:
-    """Refuse a table with missing or duplicate processids or unknown splits."""
+    """Refuse a table with missing, duplicate or unusable processids, unknown splits or non-finite numbers."""
     pid = table.column("processid")
     if pid.null_count:
-        row = int(np.flatnonzero(pc.is_null(pid).to_numpy(zero_copy_only=False))[0])
-        raise BioscanError(f"metadata {path}: record {row + 1} has no processid")
+        raise BioscanError(f"metadata {path}: record {_first_true(pc.is_null(pid)) + 1} has no processid")
+    # A sample's key is its processid, and a WebDataset key ends at the first "." of a
+    # member's name ("A.1.jpg" is sample "A"); a "/" would make a folder of the tar.
+    unusable = pc.match_substring_regex(pid, _UNUSABLE_KEY)
+    if pc.any(unusable).as_py():
+        row = _first_true(unusable)
+        raise BioscanError(
+            f"metadata {path}: record {row + 1} has processid {pid[row].as_py()!r}, which cannot be a sample key: "
+            "a WebDataset key ends at its first '.' (and '/', '\\' or a control character would change the "
+            "member's path)"
+        )
     dup = _duplicates(pid)
     if len(dup):
         names = ", ".join(dup[:5])
@@ -234,6 +283,15 @@ def _validate(table: pa.Table, path: Path) -> None:
             f"metadata {path}: record {row + 1} ({pid[row].as_py()}) has unknown split {value!r}; "
             f"valid splits are {', '.join(SPLITS)}"
         )
+    for name in FLOAT_COLUMNS:  # JSON has no inf or NaN: the sample's .json member would not parse
+        column = table.column(name)
+        odd = pc.invert(pc.is_finite(column))
+        if pc.any(odd).as_py():
+            row = _first_true(odd)
+            raise BioscanError(
+                f"metadata {path}: record {row + 1} ({pid[row].as_py()}): column {name!r} holds "
+                f"{column[row].as_py()}, which JSON cannot hold; a missing value is an empty cell"
+            )
 
 
 def _duplicates(pid: pa.ChunkedArray) -> list[str]:
@@ -264,52 +322,74 @@ def read_metadata(path: str | os.PathLike, cache_dir: str | os.PathLike | None =
         The metadata CSV (``.csv``) or its JSON-LD twin (``.jsonld`` / ``.json``).
     cache_dir : str or path-like, optional
         If given, the records are streamed into an Arrow IPC file in this folder
-        (named after the file's path, size and mtime, and reused by later calls) and
-        the table returned is memory-mapped from it, keeping process memory bounded
-        for 5M rows; :func:`open_cached` reopens it, e.g. in worker processes.
+        (named after the file's sha256, and reused by later calls while the file
+        holds the same bytes) and the table returned is memory-mapped from it,
+        keeping process memory bounded for 5M rows; :func:`open_cached` reopens it,
+        e.g. in worker processes.
 
     Returns
     -------
     pyarrow.Table
-        The 23 columns of :data:`SCHEMA`, in file order, one row per record.
+        The 23 columns of :data:`SCHEMA`, in file order, one row per record; the
+        sha256 of the bytes they were read from is :func:`metadata_sha256`'s.
 
     Raises
     ------
     BioscanError
-        If the file is missing or unreadable, lacks a column, has a value of the
-        wrong type, a duplicate or missing processid, or an unknown split.
+        If the file is missing or unreadable, lacks a column or has one twice or
+        one more, has a value of the wrong type, a duplicate, missing or unusable
+        processid, an unknown split or a number that is not finite, or changed while
+        it was read.
     """
     path = Path(path)
     _check_readable(path)
     if cache_dir is None:
-        table = pa.Table.from_batches(list(_batches(path)), schema=SCHEMA)
+        digest = hashlib.sha256()
+        table = pa.Table.from_batches(list(_batches(path, digest)), schema=SCHEMA)
+        table = table.replace_schema_metadata({_SHA256_KEY: digest.hexdigest()})
     else:
         table = open_cached(_write_cache(path, Path(cache_dir)))
     _validate(table, path)
     return table
 
 
-def _batches(path: Path):
+def metadata_sha256(table: pa.Table) -> str:
+    """The sha256 of the metadata file that :func:`read_metadata` read ``table`` from."""
+    return table.schema.metadata[_SHA256_KEY.encode()].decode()
+
+
+def _batches(path: Path, digest):
     if path.suffix.lower() in (".jsonld", ".json"):
-        return _jsonld_table(path).to_batches()
-    return _csv_batches(path)
+        return _jsonld_table(path, digest).to_batches()
+    return _csv_batches(path, digest)
 
 
-def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
-    """Where :func:`read_metadata` keeps the Arrow IPC copy of a metadata file."""
-    path = Path(path)
-    stat = path.stat()
-    tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"metadata-{tag}.arrow"
+def cache_path(sha256: str, cache_dir: str | os.PathLike) -> Path:
+    """Where :func:`read_metadata` keeps the Arrow IPC copy of the metadata file of this sha256."""
+    return Path(cache_dir) / f"metadata-{sha256}.arrow"
 
 
 def _write_cache(path: Path, cache_dir: Path) -> Path:
-    cache = cache_path(path, cache_dir)
+    """The cache of ``path``'s bytes, written unless there; the caches of other bytes removed.
+
+    Keyed by content, never by name, size or mtime: a file edited in place with its
+    mtime restored (``rsync -t``, a re-download) gets a new cache. The bytes parsed
+    are hashed as they are read, so a file that changes during the read is refused
+    rather than cached under the sha256 of other bytes.
+    """
+    sha = file_sha256(path)
+    cache = cache_path(sha, cache_dir)
+    clear_cache(cache_dir, keep=cache)
     if not cache.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with replacing(cache) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-            for batch in _batches(path):
-                writer.write_batch(batch)
+        digest = hashlib.sha256()
+        schema = SCHEMA.with_metadata({_SHA256_KEY: sha})
+        with replacing(cache) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for batch in _batches(path, digest):
+                    writer.write_batch(batch)
+            if digest.hexdigest() != sha:
+                raise BioscanError(f"metadata {path} changed while it was being read; run again once it is complete")
     return cache
 
 
@@ -317,8 +397,8 @@ def clear_cache(cache_dir: str | os.PathLike, keep: str | os.PathLike | None = N
     """Remove the metadata caches in ``cache_dir`` but ``keep``, the temporaries of killed runs,
     and the folder itself once empty.
 
-    A cache is named after its metadata file's path, size and mtime, so one of
-    another name is of a file since changed (or another file): never read again.
+    A cache is named after its metadata file's sha256, so one of another name is
+    of a file since changed (or another file): never read again.
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
@@ -385,161 +465,3 @@ def select_rows(table: pa.Table, splits: tuple[str, ...]) -> np.ndarray:
     """Row numbers of the records of ``splits``, in file order."""
     mask = pc.is_in(table.column("split"), value_set=pa.array(splits))
     return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int64)
-
-
-def take_rows(table: pa.Table, rows, columns=None) -> pa.Table:
-    """The rows ``rows`` of ``table`` (in that order), taken record batch by record batch.
-
-    ``Table.take`` first concatenates each whole column into one array; the
-    ``dna_barcode`` column of BIOSCAN-5M holds ~3.3 GB, past the 2 GiB that an
-    Arrow ``string`` array's 32-bit offsets can address. Here only the batches
-    that hold a wanted row are read (so a memory-mapped table costs the pages of
-    those rows), and string columns come back as ``large_string``.
-
-    Parameters
-    ----------
-    table : pyarrow.Table
-        The metadata, e.g. memory-mapped by :func:`open_cached`.
-    rows : array-like of int
-        Row numbers, in any order (repeats allowed).
-    columns : list of str, optional
-        The columns wanted (default: all).
-    """
-    if columns is not None:
-        table = table.select(list(columns))
-    schema = pa.schema([pa.field(f.name, _large(f.type)) for f in table.schema])
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= table.num_rows):
-        raise IndexError(f"row numbers out of range 0..{table.num_rows - 1}")
-    order = np.argsort(rows, kind="stable")
-    ordered = rows[order]
-    batches = table.to_batches()
-    starts = np.cumsum([0] + [b.num_rows for b in batches])
-    cuts = np.searchsorted(ordered, starts)  # the rows of batch b: ordered[cuts[b]:cuts[b + 1]]
-    parts = [batches[b].take(pa.array(ordered[cuts[b]:cuts[b + 1]] - starts[b])).cast(schema)
-             for b in range(len(batches)) if cuts[b + 1] > cuts[b]]
-    taken = pa.Table.from_batches(parts, schema=schema)
-    if np.all(order[1:] > order[:-1]):
-        return taken  # asked in file order: no reordering
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
-    return taken.take(pa.array(back))  # 64-bit offsets: no limit on the rows' total size
-
-
-def _large(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_string(kind):
-        return pa.large_string()
-    if pa.types.is_binary(kind):
-        return pa.large_binary()
-    return kind
-
-
-def column_numpy(column: pa.ChunkedArray | pa.Array, dtype=None) -> np.ndarray:
-    """A fixed-width column (lengths, numbers) as one numpy array, chunk by chunk."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    parts = [c.to_numpy(zero_copy_only=False) for c in chunks]
-    out = np.concatenate(parts) if parts else np.empty(0)
-    return out.astype(dtype, copy=False) if dtype is not None else out
-
-
-class SortedKeys:
-    """Millions of strings as one sorted numpy array of fixed-width bytes, found by binary search.
-
-    A Python set or dict would cost ~60 bytes more a string, and an Arrow hash
-    table (``pc.index_in``) is built again on every call: ~50 MB and a pass over
-    the values for each shard, for the ~800,000 BINs of the full release.
-
-    Parameters
-    ----------
-    strings : pyarrow string array or sequence of str
-        The keys; :meth:`positions` answers with their indices in this order.
-    """
-
-    def __init__(self, strings):
-        keys = fixed_width(strings)
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.order = keys[order], order
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def positions(self, strings) -> np.ndarray:
-        """The index of each string among the keys, -1 where absent (null, or not a key).
-
-        ``strings``: a sequence of str or an Arrow string array.
-        """
-        if isinstance(strings, (pa.Array, pa.ChunkedArray)):
-            wanted = fixed_width(strings)
-            lengths = column_numpy(pc.fill_null(pc.binary_length(strings), 0), np.int64)
-            present = column_numpy(pc.is_valid(strings), bool)
-        else:
-            encoded = [s.encode("utf-8", "surrogateescape") for s in strings]
-            wanted = np.array(encoded, dtype=object)
-            lengths = np.array([len(e) for e in encoded], np.int64)
-            present = np.ones(len(encoded), bool)
-        if not len(self.keys) or not len(wanted):
-            return np.full(len(wanted), -1, np.int64)
-        present &= lengths <= self.keys.itemsize  # numpy would cut a longer string to fit, and maybe find it
-        wanted = np.where(present, wanted, b"").astype(self.keys.dtype)
-        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        return np.where(present & (self.keys[at] == wanted), self.order[at], -1)
-
-
-class RowLookup:
-    """Processid -> row number for millions of records, without a Python object per record.
-
-    Parameters
-    ----------
-    table : pyarrow.Table
-        The metadata.
-    rows : numpy.ndarray
-        The rows to look up among (e.g. :func:`select_rows` of a split).
-    """
-
-    def __init__(self, table: pa.Table, rows: np.ndarray):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.keys = SortedKeys(take_rows(table, self.rows, ["processid"]).column(0))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def positions(self, keys) -> np.ndarray:
-        """The index of each key among :attr:`rows`, -1 where absent."""
-        return self.keys.positions(keys)
-
-    def find(self, keys) -> np.ndarray:
-        """The row number of each key, -1 where absent."""
-        at = self.positions(keys)
-        return np.where(at >= 0, self.rows[at], -1) if len(self.rows) else at
-
-
-def fixed_width(column) -> np.ndarray:
-    """Strings as one numpy ``S`` array (bytes padded with NULs), built from the Arrow buffers.
-
-    Millions of processids or image paths held this way cost their bytes, not a
-    Python object each (~60 bytes more a string). ``column``: an Arrow string
-    array (chunked or not) or a sequence of str. numpy drops trailing NUL bytes,
-    so strings that differ only by them compare equal (no processid, label or
-    path has one).
-    """
-    if not isinstance(column, (pa.Array, pa.ChunkedArray)):
-        column = pa.array(column, pa.large_string())
-    chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
-    width = max([int(pc.max(pc.binary_length(c)).as_py() or 0) for c in chunks] + [1])
-    out = np.zeros((sum(len(c) for c in chunks), width), np.uint8)
-    at = 0
-    for chunk in chunks:
-        chunk = chunk.cast(pa.large_binary())
-        for start in range(0, len(chunk), _SLICE):  # the scatter's indices cost 16 bytes a byte: bounded
-            part = chunk.slice(start, _SLICE)
-            offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:part.offset + len(part) + 1]
-            data = np.frombuffer(part.buffers()[2], np.uint8) if part.buffers()[2] is not None else np.empty(0, np.uint8)
-            lengths = np.diff(offsets)
-            row = np.repeat(np.arange(len(part)), lengths)
-            col = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)
-            out[at + row, col] = data[offsets[0]:offsets[-1]]
-            at += len(part)
-    return out.view(f"S{width}").ravel()
-
-
-_SLICE = 1 << 15

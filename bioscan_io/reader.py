@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
-from .format import load_index, parse_records, take_indexed, take_local, verify_shard_file
+from .format import load_index, parse_records, scan, take_indexed, take_local, verify_shard_file
 from .schema import BioscanError
 from .shardlist import ShardSet
 from .tasks import Task
@@ -53,7 +53,10 @@ def read_rows(shards: ShardSet, shard: int, rows: np.ndarray, exts, errors: Erro
     (remote shards are first copied to a temporary file, held by ``copies``). A
     sample without one of the members, a fault in the shard, or a shard or
     index that cannot be opened is raised or skipped per ``errors``; skipping
-    loses only the rows the fault made unreadable. Messages name the shard by URL.
+    loses only the rows the fault made unreadable. A shard read through its
+    headers that holds samples past its manifest's count is an error of 0 lost
+    rows, once its last listed row is read (:func:`_check_end`). Messages name
+    the shard by URL.
     """
     url = shards.urls[shard]
     try:
@@ -65,8 +68,29 @@ def read_rows(shards: ShardSet, shard: int, rows: np.ndarray, exts, errors: Erro
     lost = len(rows) - len(kept) - len(missing)
     if lost:
         errors.handle(error or BioscanError(f"shard {url}: {lost} sample(s) could not be read"), lost)
+    elif shards.entries and not (shards.indexes and shards.indexes[shard]) and shards.counts[shard] - 1 in rows:
+        _check_end(shards, shard, copies, errors)
     block["__shard__"] = pa.array(np.full(len(kept), shard, np.int32))
     return block, kept
+
+
+def _check_end(shards: ShardSet, shard: int, copies: storage.LocalCopies, errors: ErrorPolicy) -> None:
+    """A shard read through its headers ends after the samples its manifest lists, or the error says so.
+
+    The plan reads the manifest's count of samples: any past them would never
+    be served, and nothing else would tell (with an index, the loader refuses a
+    count that differs from its index's). Checked once the last listed sample
+    is read; an error of no lost sample (``on_error="skip"`` logs it).
+    """
+    url, count = shards.urls[shard], shards.counts[shard]
+    found = scan(copies.path(url), count, count + 1, ("dna",), name=url)
+    if found is None:  # headers the compiled walk does not read (pax): not checked
+        return
+    with found:
+        more = found.n > 0
+    if more:
+        errors.handle(BioscanError(f"shard {url} holds more samples than the {count} its manifest lists: "
+                                   f"those past them are not loaded (bioscan-io verify {shards.folder} says how)"), 0)
 
 
 def _take(shards: ShardSet, shard: int, rows: np.ndarray, exts: tuple[str, ...], copies) -> tuple:

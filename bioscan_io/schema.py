@@ -180,7 +180,7 @@ def expand_split(name: str) -> tuple[str, ...]:
     Raises
     ------
     BioscanError
-        If any part is not a split name.
+        If any part is not a split name, or a split is named twice.
     """
     if not isinstance(name, str) or not name.strip():
         raise BioscanError(f"empty split name; valid names are {', '.join(SPLITS + tuple(SPLIT_UNIONS))}")
@@ -188,12 +188,16 @@ def expand_split(name: str) -> tuple[str, ...]:
     for part in name.split("+"):
         part = SPLIT_ALIASES.get(part.strip(), part.strip())
         if part in SPLIT_UNIONS:
-            wanted.update(SPLIT_UNIONS[part])
+            parts = set(SPLIT_UNIONS[part])
         elif part in SPLIT_SIZES:
-            wanted.add(part)
+            parts = {part}
         else:
             valid = ", ".join(SPLITS + tuple(SPLIT_UNIONS) + tuple(SPLIT_ALIASES))
             raise BioscanError(f"unknown split {part!r} in {name!r}; valid names are {valid}")
+        twice = sorted(wanted & parts, key=SPLITS.index)
+        if twice:  # "train+train" would make a folder of its own for the same records
+            raise BioscanError(f"split {name!r} names {', '.join(twice)} twice; name each split once")
+        wanted |= parts
     return tuple(s for s in SPLITS if s in wanted)
 
 

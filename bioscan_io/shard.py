@@ -4,8 +4,12 @@ The job runs as three stages, data flowing one way::
 
     plan_split:    metadata (Arrow, memory-mapped) -> rows of the split -> images
                    located (sources.py) -> seeded shuffle -> shards cut by count and size
-    write_shards:  shards written in parallel, each logged as it completes
+    write_shards:  shards written in parallel (writer processes: writers.py), each
+                   logged as it completes
     describe:      manifest.json (+ labels.json beside the split folders)
+
+A run holds the split folder's lock from its first write to its last, so that
+two runs never write one folder.
 
 A shard is written under a temporary name and renamed only once complete and
 synced, and every finished shard is logged, so a run that is killed and rerun
@@ -16,31 +20,24 @@ The file format itself (names, members, manifest) is :mod:`bioscan_io.format`'s.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from . import atomic, storage
+from . import atomic, columns, storage, writers
 from . import metadata as md
-from .format import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MEMBERS, MISSING_REPORT, RECORD_FIELDS, ShardInfo,
-                     TarSink, build_index, index_from_shard, index_name, labels_path, publish_order,
-                     read_manifest, sample_payloads, write_index, write_json)
+from .format import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MISSING_REPORT, ShardInfo, labels_path,
+                     publish_order, read_manifest, write_json)
 from .schema import DEFAULT_PACKAGE, PACKAGES, ROOT_ENV, BioscanError, expand_split, split_folder_name
-from .sources import FolderImages, ZipImages, image_keys, image_reader, open_images
+from .sources import FolderImages, ZipImages, image_keys, open_images
 from .wording import plural
 
 __all__ = ["DEFAULT_MAXCOUNT", "DEFAULT_MAXSIZE", "ShardSummary", "ShardOptions", "SplitPlan", "shard_split",
@@ -176,59 +173,6 @@ def _fingerprint(**parts) -> str:
     return digest.hexdigest()
 
 
-# Each writer process's metadata and label values (for the index), both memory-mapped.
-_TABLE: pa.Table | None = None
-_LABELS: dict | None = None
-
-
-def _labels_file(cache: Path) -> Path:
-    """Where the run keeps the label values for its writers, beside the metadata cache."""
-    return cache.with_suffix(".labels.arrow")
-
-
-def _init_worker(cache: str, labels: str) -> None:
-    # Die with the parent: a killed bioscan-shard must not leave workers behind.
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    _init_tables(cache, labels)
-
-
-def write_shard(task: tuple) -> ShardInfo:
-    """Write one shard (the members of ``format.MEMBERS`` for each record), then its index.
-
-    Runs in a worker process (the metadata table is the worker's memory map).
-    The index is renamed into place before the shard: a shard on disk always
-    has its index beside it.
-    """
-    folder, name, rows, images = task
-    table = md.take_rows(_TABLE, rows)  # only this shard's rows of the memory map are read
-    records = table.to_pylist()
-    spans = {ext: (np.empty(len(records), np.int64), np.empty(len(records), np.int64)) for ext in MEMBERS}
-    with atomic.replacing(os.path.join(folder, name), sync=True) as tmp:
-        with open(tmp, "wb") as f, image_reader(images, check=True) as read_image:
-            tar = TarSink(f)
-            for i, rec in enumerate(records):
-                for ext, member, payload in sample_payloads(rec, read_image(i, rec["processid"])):
-                    spans[ext][0][i], spans[ext][1][i] = tar.add(member, payload), len(payload)
-            tar.close()
-        info = ShardInfo(name, len(records), tar.bytes, tar.sha256.hexdigest())
-        keys = [rec["processid"] for rec in records]
-        dna = [rec["dna_barcode"] or "" for rec in records]
-        index = build_index(keys, spans, dna, table.select(RECORD_FIELDS), _LABELS, info.describes())
-        info.index = write_index(os.path.join(folder, index_name(name)), index)
-    return info
-
-
-def _hash_existing(path: Path, count: int, labels: dict) -> ShardInfo:
-    """The manifest entry of a finished shard found on disk, its index written again from the shard."""
-    info = ShardInfo(path.name, count, path.stat().st_size, md.file_sha256(path))
-    index = index_from_shard(str(path), asdict(info), labels)
-    info.index = write_index(path.with_name(index_name(path.name)), index)
-    return info
-
-
 def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict) -> dict[str, ShardInfo]:
     """Shards of this plan already on disk, from the manifest and the run log."""
     known: dict[str, ShardInfo] = {}
@@ -245,7 +189,7 @@ def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict
             except (ValueError, TypeError):
                 continue  # a line cut short by a kill
             known[info.name] = info
-    finished = {}
+    finished, searchable = {}, None
     for name, count in plan.items():
         path = folder / name
         if not path.is_file():
@@ -254,7 +198,9 @@ def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict
         if info is None or info.bytes != path.stat().st_size or not _index_present(folder, info):
             # Renamed (so complete) but the kill came before it was logged, or a
             # shard of format version 1 (no index yet).
-            info = _hash_existing(path, count, labels)
+            if searchable is None:  # once, not per shard: ~800,000 BINs at full size
+                searchable = {rank: columns.SortedKeys(values) for rank, values in labels.items()}
+            info = writers.hash_existing(path, count, searchable)
         finished[name] = info
     return finished
 
@@ -282,75 +228,26 @@ def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def _run_tasks(plan: SplitPlan, tasks, count: int, finished: dict, workers, progress: bool) -> None:
-    """Write the ``count`` shards not yet finished (``tasks``, an iterable), logging each as it completes.
-
-    Worker processes are spawned, not forked: a forked worker would start out
-    holding the main process's plan (hundreds of MB for pretrain), so a writer's
-    memory would grow with the metadata; a spawned one holds its shard's rows
-    and the memory map's pages it reads.
-    """
-    folder, cache, labels = plan.folder, plan.cache, _labels_file(plan.cache)
-    md.save_label_values(plan.labels, labels)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8)
-    workers = max(1, min(workers, count))
-    bar = tqdm(total=len(plan.rows), desc=f"sharding {plan.split}", unit="rec", disable=not progress, file=sys.stderr)
-    bar.update(sum(info.count for info in finished.values()))
-    with open(folder / _DONE, "a", encoding="utf-8") as done:
-
-        def record(info: ShardInfo) -> None:
-            finished[info.name] = info
-            done.write(json.dumps(asdict(info)) + "\n")
-            done.flush()
-            bar.update(info.count)
-
-        try:
-            if workers == 1:
-                _init_tables(cache, labels)
-                for task in tasks:
-                    record(write_shard(task))
-            else:
-                with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(cache), str(labels))) as pool:
-                    for info in pool.imap_unordered(write_shard, tasks):
-                        record(info)
-        finally:
-            bar.close()  # before an error's one line, not after it
-
-
-def _init_tables(cache, labels) -> None:
-    global _TABLE, _LABELS
-    _TABLE = md.open_cached(cache)
-    _LABELS = {rank: md.SortedKeys(values) for rank, values in md.open_label_values(labels).items()}
-
-
-
 # ----------------------------------------------------------------------------- the three stages
 
 
 def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) -> SplitPlan:
     """Stage 1: read the metadata, locate the images, shuffle and cut the split into shards.
 
-    Writes nothing but the metadata cache (``OUT/.cache/``); it first removes
+    Writes nothing but the metadata cache (``OUT/.cache/SPLIT/``); it first removes
     what killed runs left in ``out``: temporaries, and caches of metadata since changed.
+    The caller has checked ``options`` (:func:`_check_options`) and holds the split's lock.
     """
     splits = expand_split(split)
-    if options.package not in PACKAGES:
-        raise BioscanError(f"unknown image package {options.package!r}; valid packages are {', '.join(PACKAGES)}")
-    if options.maxcount < 1 or options.maxsize < 1:
-        raise BioscanError(f"shard bounds must be positive (maxcount={options.maxcount}, maxsize={options.maxsize})")
     root = resolve_root(root, log)
     meta_path = Path(options.metadata) if options.metadata is not None else md.find_metadata(root)
     stem = split_folder_name(split)
-    if atomic.check_writable(out, "output folder"):  # before anything is written
-        atomic.check_writable(out / stem, "split folder")
     source = open_images(root, options.package, options.images, options.progress)  # before minutes of metadata
-    cache_dir = out / _CACHE
-    if out.is_dir():
-        atomic.sweep(out, LABELS)
-        md.clear_cache(cache_dir, keep=md.cache_path(meta_path, cache_dir) if meta_path.is_file() else None)
+    atomic.sweep(out, LABELS)
+    md.clear_cache(out / _CACHE)  # what runs before per-split caches left
+    cache_dir = out / _CACHE / stem  # one per split: runs of other splits into this folder may be under way
     table = md.read_metadata(meta_path, cache_dir=cache_dir)
-    meta_sha = md.file_sha256(meta_path)
+    meta_sha = md.metadata_sha256(table)
 
     rows = md.select_rows(table, splits)
     if len(rows) == 0:
@@ -359,7 +256,7 @@ def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) ->
     rows, sizes, located, skipped = _drop_missing(table, split, source, rows, sizes, located, options.skip_missing)
     # The lengths of every barcode, chunk by chunk: 8 bytes a record, not a copy of the barcodes.
     lengths = pc.fill_null(pc.binary_length(table.column("dna_barcode")), 0)
-    dna_bytes = md.column_numpy(lengths, np.int64)[rows]
+    dna_bytes = columns.column_numpy(lengths, np.int64)[rows]
 
     order = np.random.default_rng(options.seed).permutation(len(rows))  # every shard a mix of taxa
     rows, located = rows[order], located[order]
@@ -368,7 +265,7 @@ def plan_split(root, split: str, out: Path, options: ShardOptions, log=print) ->
         metadata_sha256=meta_sha, split=splits, package=options.package, seed=options.seed,
         maxcount=options.maxcount, maxsize=options.maxsize, plan=[rows[s] for s in slices],
     )
-    return SplitPlan(split, splits, root, out / stem, meta_path, meta_sha, md.cache_path(meta_path, cache_dir),
+    return SplitPlan(split, splits, root, out / stem, meta_path, meta_sha, md.cache_path(meta_sha, cache_dir),
                      source, rows, located, slices, [f"{stem}-{i:06d}.tar" for i in range(len(slices))],
                      fingerprint, skipped, md.label_values(table))
 
@@ -381,7 +278,7 @@ def _drop_missing(table, split, source, rows, sizes, located, skip_missing: bool
     missing = sizes < 0
     if not missing.any():
         return rows, sizes, located, []
-    pids = md.take_rows(table, rows[missing], ["processid"]).column(0).to_pylist()
+    pids = columns.take_rows(table, rows[missing], ["processid"]).column(0).to_pylist()
     if not skip_missing:
         shown = ", ".join(pids[:5]) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
         raise BioscanError(
@@ -409,7 +306,8 @@ def write_shards(plan: SplitPlan, options: ShardOptions) -> tuple[list[ShardInfo
     # Made as the pool asks for them: the image paths of every shard at once would be
     # a Python string per record of the split (~0.5 GB for pretrain).
     tasks = ((str(folder), name, plan.rows[s], plan.source.task_images(plan.located[s])) for name, s in todo)
-    _run_tasks(plan, tasks, len(todo), finished, options.workers, options.progress)
+    writers.run(tasks, len(todo), finished, split=plan.split, records=len(plan.rows), cache=plan.cache,
+                labels=plan.labels, log=folder / _DONE, workers=options.workers, progress=options.progress)
     return [finished[name] for name in plan.names], len(todo)
 
 
@@ -441,8 +339,15 @@ def describe(plan: SplitPlan, shards: list[ShardInfo], options: ShardOptions) ->
     write_json(plan.folder / MANIFEST, manifest)
     for path in (plan.folder / _DONE, plan.folder / _PLAN):
         path.unlink(missing_ok=True)
-    md.clear_cache(plan.cache.parent)  # the memory-mapped copy is cheap to rebuild and as large as the CSV
+    _remove_cache(plan.folder.parent, plan.folder.name)  # cheap to rebuild, and as large as the CSV
     return manifest
+
+
+def _remove_cache(out: Path, stem: str) -> None:
+    """Remove the split's metadata cache, and ``OUT/.cache`` once no other split's is there."""
+    md.clear_cache(out / _CACHE / stem)
+    with suppress(OSError):
+        (out / _CACHE).rmdir()
 
 
 def shard_split(
@@ -518,13 +423,22 @@ def shard_split(
         On a missing root or metadata, an unknown split or package, bad metadata, no
         image source, a bad zip archive, records without an image (unless ``skip_missing``,
         and always when none has one), an image that is not a JPEG, an output folder that
-        cannot be written, or one holding another run's shards (unless ``overwrite``).
-        ``out`` is left as found, but for the shards finished (the rerun reuses them).
+        cannot be written, or one holding another run's shards (unless ``overwrite``),
+        a split folder another run is writing (``OUT/.SPLIT.lock``), an argument out of
+        range, or an unusable remote ``out``. ``out`` is left as found, but for the
+        shards finished (the rerun reuses them).
     """
     options = ShardOptions(package, metadata, images, maxcount, maxsize, seed, workers, skip_missing, overwrite,
                            progress)
+    _check_options(split, options)
+    if not str(out).strip():
+        raise BioscanError("the output folder is an empty path; name one (--out shards), or '.' for this folder")
     if not storage.is_url(out):
+        if storage_options:
+            raise BioscanError(f"storage options ({', '.join(storage_options)}) are for a remote output "
+                               f"(s3://..., gs://...), but {out} is a local folder")
         return _shard_local(root, split, Path(out), options, log)
+    storage.check_destination(str(out), storage_options)  # an unknown scheme fails now, not after the sharding
     # Remote: shard into a local staging folder, then upload shards first, manifest last.
     local = Path(staging) if staging is not None else storage.staging_folder(str(out))
     summary = _shard_local(root, split, local, options, log)
@@ -537,21 +451,52 @@ def shard_split(
     return summary
 
 
-def _shard_local(root, split: str, out: Path, options: ShardOptions, log) -> ShardSummary:
-    """:func:`shard_split` into a local folder: the three stages.
+def _check_options(split: str, options: ShardOptions) -> None:
+    """Refuse what no run could use, before anything is read or written."""
+    expand_split(split)
+    if options.package not in PACKAGES:
+        raise BioscanError(f"unknown image package {options.package!r}; valid packages are {', '.join(PACKAGES)}")
+    for name in ("maxcount", "maxsize", "workers", "seed"):
+        value = getattr(options, name)
+        if name == "workers" and value is None:
+            continue
+        least = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            kind = "a whole number >= 0" if least == 0 else "a positive whole number"
+            raise BioscanError(f"{name} must be {kind}; got {value!r}")
 
-    A run that fails leaves ``out`` as it found it, but for the shards it
-    finished (:func:`_undo`); a file system error is a BioscanError naming the path.
+
+def _shard_local(root, split: str, out: Path, options: ShardOptions, log) -> ShardSummary:
+    """:func:`shard_split` into a local folder: the three stages, under the split's lock.
+
+    Only one run at a time writes a split folder (:func:`atomic.exclusive`): a second
+    is refused on one line naming the first. A run that fails leaves ``out`` as it
+    found it, but for the shards it finished (:func:`_undo`, still under the lock, so
+    it removes nothing of another run's); a file system error is a BioscanError
+    naming the path.
     """
     started = time.perf_counter()
-    folder = out / split_folder_name(split)
+    stem = split_folder_name(split)
+    folder = out / stem
+    if atomic.check_writable(out, "output folder"):  # before anything is written
+        atomic.check_writable(folder, "split folder")
     created = atomic.missing_folders(folder)
     try:
-        plan = plan_split(root, split, out, options, log)
-        shards, written = write_shards(plan, options)
-        describe(plan, shards, options)
-    except BaseException as exc:  # Ctrl-C too: only a kill may leave litter, and the next run sweeps it
-        _undo(out, folder, created)
+        out.mkdir(parents=True, exist_ok=True)
+        busy = f"another bioscan-shard run (process {{pid}}) is writing {folder}; wait for it to end, or shard " \
+               "into another --out"
+        with atomic.exclusive(out / f".{stem}.lock", busy):
+            try:
+                plan = plan_split(root, split, out, options, log)
+                shards, written = write_shards(plan, options)
+                describe(plan, shards, options)
+            except BaseException:  # Ctrl-C too: only a kill may leave litter, and the next run sweeps it
+                _undo(out, folder)
+                raise
+    except BaseException as exc:
+        for path in created:  # once the lock file is gone; rmdir fails on a folder holding anything
+            with suppress(OSError):
+                path.rmdir()
         if isinstance(exc, OSError):
             path = exc.filename2 or exc.filename  # a rename's target: its source is a temporary
             where = f"{path}: " if path else ""
@@ -565,13 +510,13 @@ def _shard_local(root, split: str, out: Path, options: ShardOptions, log) -> Sha
     )
 
 
-def _undo(out: Path, folder: Path, created: list[Path]) -> None:
+def _undo(out: Path, folder: Path) -> None:
     """After a failed or interrupted run: remove what it made that a rerun does not reuse.
 
     Shards it finished stay, with the run log that names them, so that the rerun
-    resumes (as after a kill); temporaries, the metadata cache, a run log
-    without shards and the folders this run created and left empty go. Never
-    raises: the error that stopped the run is the one to report.
+    resumes (as after a kill); temporaries, the split's metadata cache and a run log
+    without shards go (the folders the run created, once empty, go after its lock).
+    Never raises: the error that stopped the run is the one to report.
     """
     with suppress(OSError):
         if folder.is_dir():
@@ -580,7 +525,4 @@ def _undo(out: Path, folder: Path, created: list[Path]) -> None:
                 for name in (_PLAN, _DONE, MISSING_REPORT):
                     (folder / name).unlink(missing_ok=True)
     with suppress(OSError):
-        md.clear_cache(out / _CACHE)
-    for path in created:
-        with suppress(OSError):
-            path.rmdir()  # fails when not empty: it holds something worth keeping
+        _remove_cache(out, folder.name)

@@ -4,11 +4,14 @@ A split folder (local or remote), its ``manifest.json``, a brace pattern or a li
 of URLs become a :class:`ShardSet`: the shard URLs, their sample counts from the
 manifest, the label values of ``labels.json`` beside the split folder, and each
 shard's index (format version 2) with the manifest entry it must match.
+:func:`check_sizes` compares each local shard's byte size with its manifest
+entry as a loader opens the split (one ``os.stat`` a shard).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from . import storage
 from .format import LABELS, MANIFEST, TarReader, parse_manifest, read_labels
 from .schema import BioscanError
 
-__all__ = ["ShardSet", "find_shards"]
+__all__ = ["ShardSet", "find_shards", "check_sizes"]
 
 log = logging.getLogger("bioscan_io")
 
@@ -123,3 +126,66 @@ def _count_local(url: str) -> int:
     if reader.error() is not None:
         raise reader.error()
     return count
+
+
+_WARNED: set = set()
+
+
+def check_sizes(shards: ShardSet, reads_tar: bool) -> dict[int, str]:
+    """The local shards whose file is missing or has another byte size than the manifest lists.
+
+    One ``os.stat`` per shard, as a loader opens the split: tasks that read only
+    the per-shard index (``mlm``, DNA-only ``classify`` and ``embed``) never touch
+    a tar, so a deleted, cut or garbage-appended one would otherwise go unnoticed
+    while its index serves the exact data. Each damaged shard is warned about
+    once per process (logger ``bioscan_io``), naming it and ``bioscan-io verify
+    FOLDER``; tasks that read the tar meet the damage as they read the shard,
+    where ``on_error`` raises or skips its samples. Remote shards (fsspec,
+    ``pipe:``, ``http(s)://``) and shards without a manifest are not checked.
+
+    Parameters
+    ----------
+    shards : ShardSet
+        The split, as :func:`find_shards` resolved it.
+    reads_tar : bool
+        Whether the loader reads the tars even where there is an index (images,
+        or ``check_sha256``): the warning says what it does with the shard.
+
+    Returns
+    -------
+    dict
+        ``{shard number: what is wrong}`` (``"is missing"``, ``"has N bytes,
+        the manifest says M"``).
+    """
+    damaged = {}
+    for i, (url, entry) in enumerate(zip(shards.urls, shards.entries or [])):
+        if storage.is_url(url):
+            continue  # a stat of an object would be a request per shard
+        try:
+            size = os.stat(storage.local_path(url)).st_size
+        except FileNotFoundError:
+            size = None
+        except OSError:  # unreadable: reading it says so, naming the file
+            continue
+        if size != entry["bytes"]:
+            damaged[i] = "is missing" if size is None else f"has {size} bytes, the manifest says {entry['bytes']}"
+            indexed = bool(shards.indexes and shards.indexes[i])
+            _warn_damaged(url, damaged[i], shards.folder, _FATE[indexed, reads_tar])
+    return damaged
+
+
+#: What a loader does with a damaged shard: (the shard has an index, the loader reads its tar) -> words.
+_FATE = {
+    (True, False): "this task reads only its index, which serves its samples unchanged",
+    (True, True): "this loader reads its tar (images, check_sha256): on_error raises, or skips all its samples",
+    (False, False): "its samples are read through its tar headers: on_error raises, or skips those it cannot read",
+}
+_FATE[False, True] = _FATE[False, False]
+
+
+def _warn_damaged(url: str, what: str, folder: str | None, fate: str) -> None:
+    """One line per damaged shard and task kind, once per process (a loader made per epoch would repeat it)."""
+    key = (url, what, fate)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning("shard %s %s (`bioscan-io verify %s` says what is wrong); %s", url, what, folder, fate)

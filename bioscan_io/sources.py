@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from .images import EOI_SLACK, has_eoi
-from .metadata import fixed_width, take_rows
+from .columns import fixed_width, take_rows
 from .schema import (ARCHIVE_IMAGES_PREFIX, DATASET_DIR, IMAGE_ARCHIVE_PATTERN, IMAGE_ARCHIVE_STEM, IMAGES_DIR,
                      BioscanError)
 
@@ -75,7 +75,7 @@ class FolderImages:
     def locate(self, keys, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each image's byte size (-1 where missing) and path under the folder.
 
-        The paths are fixed-width bytes (``metadata.fixed_width``): for the 4.7M
+        The paths are fixed-width bytes (``columns.fixed_width``): for the 4.7M
         images of pretrain, ~150 MB rather than a Python string each.
         """
         located = fixed_width(keys)

@@ -35,7 +35,7 @@ from pathlib import Path
 from .schema import BioscanError
 
 __all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "LocalCopies", "read_text", "staging_folder",
-           "publish"]
+           "check_destination", "publish"]
 
 _EXTRA_HINT = "pip install 'bioscan-io[remote]'"
 _WDS_SCHEMES = ("http://", "https://")
@@ -190,9 +190,6 @@ def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options
     list of str
         The names uploaded (those already there are not).
     """
-    if url.startswith(_WDS_SCHEMES):
-        raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
-                           "or a pipe: command")
     put = _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
     uploaded = []
     try:
@@ -206,8 +203,26 @@ def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options
     return uploaded
 
 
+def check_destination(url: str, storage_options: dict | None = None) -> None:
+    """Refuse, in one line, an output URL that :func:`publish` could not write to.
+
+    Called before the sharding starts: an unknown scheme, a scheme whose package is
+    not installed or a ``pipe:`` command without ``{name}`` must not cost a whole
+    split's sharding first. Whether the bucket exists and may be written is found
+    by the upload itself.
+    """
+    if url.startswith(_WDS_SCHEMES):
+        raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
+                           "or a pipe: command")
+    if url.startswith("pipe:"):
+        _pipe_put(url)
+    else:
+        _fs(url, storage_options)
+
+
 def _fsspec_put(url: str, storage_options: dict | None):
     """``put(local, name, size)`` to an fsspec URL; False when a shard of that size is already there."""
+    check_destination(url, storage_options)
     fs, base = _fs(url, storage_options)
     made: set[str] = set()
 

@@ -14,12 +14,14 @@ each a small function below that returns (or yields) :class:`Problem` objects:
 3. the metadata (the file the shards were made from, unless told otherwise): each
    record of the manifest's splits in exactly one sample, no other sample, every
    JSON field equal to the metadata row and, with ``images=True``, every image
-   equal byte for byte to its source file.
+   equal byte for byte to its source file. A record counts as present only
+   where a loader serves it (``verify_served``): ``missing_record`` is what
+   ``make_loader(..., on_error="skip")`` loses, for the tasks that read the tar.
 
 Memory does not grow with the metadata's size: the metadata is memory-mapped
 from an Arrow copy in the temporary folder (``$TMPDIR``, removed at the end), the
 split's processids are held as one sorted array of fixed-width bytes
-(``metadata.RowLookup``) with the shard each was read from (:class:`Seen`), and
+(``columns.RowLookup``) with the shard each was read from (``verify_records.Seen``), and
 only one shard's JSON records are held at a time; image payloads are checked
 (and hashed, for ``images=True``) as they stream past. What
 is reported (the problem kinds, the report and its wording) is ``verify_report``.
@@ -27,25 +29,25 @@ is reported (the problem kinds, the report and its wording) is ``verify_report``
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from . import metadata as md
-from .format import (MANIFEST, MEMBERS, MISSING_REPORT, Sample, TarReader, index_problems, is_count,
+from .format import (MANIFEST, MEMBERS, Sample, TarReader, index_problems, is_count,
                      manifest_problems, read_manifest, scan, shard_entries)
 from .images import EOI_SLACK, has_eoi
-from .schema import COLUMNS, PACKAGES, SPLITS, BioscanError, image_subpath
-from .sources import image_reader, open_images
+from .schema import PACKAGES, BioscanError
+from .sources import open_images
+from .verify_records import (Records, Seen, check_duplicates, check_fields, check_images, check_metadata_sha,
+                             check_missing, check_skipped, check_unknown)
 from .verify_report import KINDS, Problem, VerifyReport
+from .verify_served import samples_past_fault, unserved
 from .wording import os_error_text, plural
 
 __all__ = ["KINDS", "Problem", "VerifyReport", "verify_split", "verify_shard"]
@@ -198,201 +200,6 @@ def check_jpeg(sample: Sample, shard: str) -> list[Problem]:
     return []
 
 
-class Seen:
-    """The shard each key was first read from.
-
-    A shard number per record of the splits (4 bytes a record, in the order of
-    ``records.lookup``); a dict only for keys that are no record of the splits
-    (each of them a problem already).
-    """
-
-    def __init__(self, lookup: md.RowLookup):
-        self.lookup = lookup
-        self.first = np.full(len(lookup), -1, np.int32)
-        self.shards: list[str] = []
-        self.others: dict[str, str] = {}
-
-    def add(self, keys: list[str], shard: str) -> list[str | None]:
-        """Record the keys read from ``shard``, in read order; for each, the shard it was read from before."""
-        number = len(self.shards)
-        self.shards.append(shard)
-        earlier: list[str | None] = []
-        for key, at in zip(keys, self.lookup.positions(keys).tolist()):
-            if at < 0:
-                earlier.append(self.others.get(key))
-                self.others.setdefault(key, shard)
-            elif self.first[at] >= 0:
-                earlier.append(self.shards[self.first[at]])
-            else:
-                self.first[at] = number
-                earlier.append(None)
-        return earlier
-
-    def where(self, key: str) -> str | None:
-        """The shard ``key`` was first read from, or None."""
-        at = int(self.lookup.positions([key])[0])
-        if at < 0:
-            return self.others.get(key)
-        return self.shards[self.first[at]] if self.first[at] >= 0 else None
-
-    def unread(self) -> np.ndarray:
-        """Rows of the splits' records read from no shard, in file order."""
-        return np.sort(self.lookup.rows[self.first < 0])
-
-
-def check_duplicates(keys: list[str], shard: str, seen: Seen) -> tuple[list[Problem], list[bool]]:
-    """Keys read before, in this shard or an earlier one; and which of ``keys`` are read the first time."""
-    earlier = seen.add(keys, shard)
-    problems = [Problem("duplicate_sample", shard, key, f"already read from {before}")
-                for key, before in zip(keys, earlier) if before is not None]
-    return problems, [before is None for before in earlier]
-
-
-# ----------------------------------------------------------------------------- 3. the metadata
-
-
-class Records:
-    """The metadata side: the table, and the row of each record of the manifest's splits.
-
-    ``indexed``: the shards have indexes (format version 2) to check against
-    the metadata's :attr:`labels`.
-    """
-
-    def __init__(self, path: Path, splits: list[str], indexed: bool = False, cache_dir=None):
-        self.path, self.indexed = path, indexed
-        self.table = md.read_metadata(path, cache_dir=cache_dir)  # memory-mapped when cache_dir is given
-        self.splits = [s for s in splits if s in SPLITS]
-        rows = md.select_rows(self.table, tuple(self.splits)) if self.splits else np.empty(0, np.int64)
-        self.lookup = md.RowLookup(self.table, rows)
-
-    def rows(self, keys: list[str]) -> np.ndarray:
-        """The metadata row of each key among the splits' records, -1 for any other."""
-        return self.lookup.find(keys)
-
-    @functools.cached_property
-    def everyone(self) -> md.RowLookup:
-        """Every record of the metadata, to say where a sample of no record of the splits lives."""
-        return md.RowLookup(self.table, np.arange(self.table.num_rows))
-
-    @functools.cached_property
-    def labels(self) -> dict:
-        """Label values per rank, as ``bioscan-shard`` wrote them to ``labels.json``, made searchable once.
-
-        ``SortedKeys`` here, not lists: each shard's index is built again from them,
-        and converting ~800,000 BINs for every shard cost ~0.6 s a shard at full size.
-        """
-        return {rank: md.SortedKeys(values) for rank, values in md.label_values(self.table).items()}
-
-
-def check_metadata_sha(records: Records, manifest: dict) -> list[Problem]:
-    """The metadata is the file the shards were made from (else every field check may fail)."""
-    made_from = _source(manifest).get("metadata_sha256")
-    if not isinstance(made_from, str):
-        return []  # a bad_manifest already
-    digest = md.file_sha256(records.path)
-    if digest == made_from:
-        return []
-    return [Problem("metadata_changed", detail=f"{records.path} has sha256 {digest[:16]}..., the shards were made "
-                                               f"from {str(made_from)[:16]}...; records are compared anyway")]
-
-
-def check_unknown(keys: list[str], records: Records, shard: str) -> list[Problem]:
-    """Samples that are not records of the manifest's splits."""
-    unknown = [k for k, row in zip(keys, records.rows(keys).tolist()) if row < 0]
-    if not unknown:
-        return []
-    # Say where the record does live, if anywhere: a sample of another split is the
-    # likeliest mix-up.
-    where = records.everyone.find(unknown)
-    splits = md.take_rows(records.table, where[where >= 0], ["split"]).column(0).to_pylist()
-    split = dict(zip(np.flatnonzero(where >= 0).tolist(), splits))
-    joined = "+".join(records.splits)
-    return [Problem("unknown_record", shard, key,
-                    f"a record of split {split[i]!r}, not of {joined}" if i in split
-                    else f"no such processid in {records.path}")
-            for i, key in enumerate(unknown)]
-
-
-def check_fields(samples: list[tuple[str, dict]], records: Records, shard: str) -> list[Problem]:
-    """Every field of each sample's JSON equals its metadata row, typed as read_metadata types it."""
-    found = records.rows([key for key, _ in samples])
-    known = [sample for sample, row in zip(samples, found.tolist()) if row >= 0]
-    if not known:
-        return []
-    rows = md.take_rows(records.table, found[found >= 0]).to_pylist()
-    problems = []
-    for (key, rec), row in zip(known, rows):
-        for column in COLUMNS:
-            if column not in rec:
-                problems.append(Problem("field_mismatch", shard, key, f"{column}: missing from the .json"))
-            elif not same_value(rec[column], row[column]):
-                problems.append(Problem("field_mismatch", shard, key,
-                                        f"{column}: .json has {rec[column]!r}, the metadata {row[column]!r}"))
-        for column in rec:
-            if column not in row:
-                problems.append(Problem("field_mismatch", shard, key, f"{column}: not a metadata column"))
-    return problems
-
-
-def same_value(a, b) -> bool:
-    """Equal and of the same type (a float 3.0 is not the int 3); NaN equals NaN."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def check_missing(seen: Seen, records: Records, manifest: dict) -> list[Problem]:
-    """Records of the splits in no shard, other than those skipped for a missing image."""
-    skipped = set(manifest.get("skipped_missing_image") or [])
-    joined = "+".join(records.splits)
-    unread = md.take_rows(records.table, seen.unread(), ["processid"]).column(0).to_pylist()
-    return [Problem("missing_record", key=pid, detail=f"a record of {joined} in no shard")
-            for pid in unread if pid not in skipped]
-
-
-def check_skipped(folder: Path, seen: Seen, manifest: dict) -> list[Problem]:
-    """The skipped list agrees with missing_images.txt and names no sample that is in a shard."""
-    skipped = manifest.get("skipped_missing_image") or []
-    present = [(pid, seen.where(pid)) for pid in skipped]
-    problems = [Problem("bad_manifest", shard, pid, "listed in skipped_missing_image but present in a shard")
-                for pid, shard in present if shard is not None]
-    report = folder / MISSING_REPORT
-    if report.is_file() and sorted(report.read_text().split()) != sorted(skipped):
-        problems.append(Problem("bad_manifest",
-                                detail=f"{MISSING_REPORT} and the manifest's skipped_missing_image differ"))
-    return problems
-
-
-def check_images(digests: list[tuple[str, int, str]], records: Records, images, shard: str) -> list[Problem]:
-    """Each ``.jpg`` equals its source image (same length and sha256), read from the folder or
-    zip archives the shards were made from (``shard.open_images``)."""
-    found = records.rows([key for key, _, _ in digests])
-    known = [d for d, row in zip(digests, found.tolist()) if row >= 0]
-    if not known:
-        return []
-    sub = md.take_rows(records.table, found[found >= 0], ["split", "chunk"])
-    splits, chunks = sub.column("split").to_pylist(), sub.column("chunk").to_pylist()
-    subpaths = [image_subpath(key, split, chunk) for (key, _, _), split, chunk in zip(known, splits, chunks)]
-    sizes, located = images.locate(subpaths, progress=False)
-    problems = []
-    with image_reader(images.task_images(located)) as read:
-        for i, (key, size, digest) in enumerate(known):
-            where = f"{subpaths[i]} in {images.where()}"
-            try:
-                if sizes[i] < 0:
-                    raise BioscanError("not found")
-                source = bytes(read(i, key))
-            except BioscanError as exc:
-                problems.append(Problem("image_mismatch", shard, key, f"cannot read the source image {where}: {exc}"))
-                continue
-            if len(source) != size or hashlib.sha256(source).hexdigest() != digest:
-                how = f"{size} bytes, the source {len(source)}" if len(source) != size else "same size, other bytes"
-                problems.append(Problem("image_mismatch", shard, key, f".jpg differs from the source image {where} ({how})"))
-    return problems
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -510,7 +317,7 @@ def _check_against(folder: Path, manifest: dict, entries: list[dict], records: R
                    progress: bool, report: VerifyReport) -> None:
     """Groups 2 and 3: every shard read through, and compared with the metadata."""
     problems = report.problems
-    problems += check_metadata_sha(records, manifest)
+    problems += check_metadata_sha(records, _source(manifest).get("metadata_sha256"))
     package = _source(manifest).get("package")
     if images and package not in PACKAGES:
         raise BioscanError(f"the manifest names no known image package ({package!r}), needed for --images")
@@ -581,6 +388,10 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: 
             problems += check_sample(whole, shard, kept, images is not None)
             key = None  # the fault follows this sample; it lies in none
         problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=key, detail=fault.detail))
+        # A loader with an index reads on past the fault: the samples it serves are read and checked too.
+        for sample in samples_past_fault(path, entry, read):
+            read += 1
+            problems += check_sample(sample, shard, kept, images is not None)
     else:  # a walk cut short would only repeat the tar problem as a count
         problems += check_count(entry, read)
     report.samples += read
@@ -588,7 +399,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: 
     sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and fault is None
     if path.stat().st_size == entry["bytes"]:
         problems += check_sha256(entry, reader.sha256)
-    duplicates, new = check_duplicates(kept.keys, shard, seen)
+    duplicates, new = check_duplicates(kept.keys, shard, seen, unserved(path, entry, kept.keys))
     problems += duplicates  # compared with the metadata the first time each was read
     keys, jsons, digests = kept.first(new)
     if records.splits:

@@ -33,7 +33,9 @@ KINDS = {
     "dna_mismatch": "a sample's .dna differs from its .json dna_barcode (empty when null)",
     "bad_jpeg": "a sample's .jpg does not start with the JPEG SOI marker (FF D8) or end with EOI (FF D9)",
     "duplicate_sample": "a key appears twice, in one shard or across shards",
-    "missing_record": "a record of the split(s) is in no shard (and not listed as skipped for a missing image)",
+    "missing_record": "a record of the split(s) that a loader reading the tar with on_error='skip' does not serve: "
+                      "in no shard, lost to a fault, or in a shard it skips whole (and not listed as skipped for a "
+                      "missing image)",
     "unknown_record": "a sample is not a record of the manifest's split(s) in the metadata",
     "field_mismatch": "a .json field differs from the metadata row (value or type), or a column is missing or extra",
     "metadata_changed": "the metadata's sha256 differs from the one the shards were made from",

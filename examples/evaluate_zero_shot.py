@@ -18,7 +18,7 @@
    ``train`` + ``key_unseen``, the nearest key by cosine similarity as the
    prediction; top-1 accuracy, micro and macro, at order, family, genus, species.
 
-Needs the ``eval`` extra: pip install 'bioscan-io[eval]'. The demo data is tiny
+Needs the ``eval`` extra: pip install '.[eval]' (from the checkout). The demo data is tiny
 (a few dozen test records), so the numbers show the pipeline, not a benchmark.
 """
 

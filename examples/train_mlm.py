@@ -28,6 +28,7 @@ from torch import nn
 
 from bioscan_io import make_loader
 from bioscan_io.tokenizer import KmerTokenizer
+from bioscan_io.wording import plural
 
 
 class TinyBert(nn.Module):
@@ -110,7 +111,8 @@ def main() -> None:
     epoch = loader.epoch
     if rank == 0:
         world = dist.get_world_size() if distributed else 1
-        print(f"{len(loader)} batches per epoch per rank, {world} rank(s), batch {args.batch_size}")
+        print(f"{plural(len(loader), 'batch', 'batches')} per epoch per rank, {plural(world, 'rank')}, "
+              f"batch size {args.batch_size}")
     while step < args.steps:
         loader.set_epoch(epoch)  # the epoch a resumed loader is in keeps its position
         for batch in loader:

@@ -43,3 +43,11 @@ def link_copy(src: Path, dst: Path) -> Path:
             else:
                 shutil.copyfile(Path(dirpath) / name, dst / rel / name)
     return dst
+
+
+def private_copy(split: Path, tmp_path: Path) -> Path:
+    """A copy of a split folder (and the labels.json beside it) that a test may damage."""
+    dst = tmp_path / "shards" / split.name
+    shutil.copytree(split, dst)
+    shutil.copy(split.parent / "labels.json", dst.parent / "labels.json")
+    return dst

@@ -345,7 +345,8 @@ def test_os_errors_of_real_runs_are_one_line(shared, unprivileged):
     strip_indexes(folder)
     world_readable(shared)  # the folder readable, not writable, by the unprivileged user
     assert_one_line(run(cli("index", str(folder)), user=unprivileged),
-                    "bioscan-io index: error: ", f"cannot index {folder}: Permission denied")
+                    "bioscan-io index: error: ",
+                    f"cannot index {folder}: {folder / 'train-000000.idx.arrow'}: Permission denied")
     sheet = folder / "sheet.png"
     assert_one_line(run(cli("peek", str(folder), "--no-summary", "--out", str(sheet)), user=unprivileged),
                     "bioscan-io peek: error: ", f"cannot write {sheet}: Permission denied")
@@ -372,7 +373,11 @@ def test_bioscan_shard_help_shows_the_pipe_form_of_out():
 def test_version(argv):
     proc = run(argv)
     assert proc.returncode == 0 and proc.stderr == ""
-    assert proc.stdout == f"bioscan-io {importlib.metadata.version('bioscan-io')}\n"
+    first, pil = proc.stdout.splitlines()
+    assert first == f"bioscan-io {importlib.metadata.version('bioscan-io')}"
+    import PIL
+
+    assert pil.startswith(f"PIL {PIL.__version__} from ") and "JPEG by libjpeg" in pil, pil
 
 
 #: (id, what is at the root first, arguments after the root, needles).
@@ -439,3 +444,20 @@ def test_generate_shows_no_progress_without_a_terminal(tmp_path):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     proc = run(cli("generate", str(tmp_path / "forced"), "--records", "12", "--workers", "1", "--progress"))
     assert proc.returncode == 0 and "12/12" in proc.stderr, proc.stderr
+
+
+ARGPARSE = [
+    ("export --format csv", cli("export", "x", "--format", "csv"), "bioscan-io export: error: ",
+     ["argument --format: invalid choice: 'csv'", "(see bioscan-io export --help)"]),
+    ("bioscan-shard --bogus", [*SHARD, "--bogus"], "bioscan-shard: error: ",
+     ["unrecognized arguments: --bogus", "(see bioscan-shard --help)"]),
+    ("verify without a folder", cli("verify"), "bioscan-io verify: error: ",
+     ["the following arguments are required: folder"]),
+    ("no command", cli(), "bioscan-io: error: ", ["the following arguments are required: COMMAND"]),
+    ("--maxsize abc", [*SHARD, "--maxsize", "abc"], "bioscan-shard: error: ", ["not a size: 'abc'"]),
+]
+
+
+@pytest.mark.parametrize("argv,prefix,needles", [row[1:] for row in ARGPARSE], ids=[row[0] for row in ARGPARSE])
+def test_argument_errors_are_one_line_without_the_usage_block(argv, prefix, needles):
+    assert_one_line(run(argv), prefix, *needles)

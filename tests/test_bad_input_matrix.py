@@ -20,6 +20,8 @@ from bioscan_io.loader import make_loader
 from bioscan_io.schema import BioscanError
 from bioscan_io.shard import shard_split
 
+from conftest import private_copy
+
 QUIET = dict(progress=False, log=lambda m: None)
 
 
@@ -41,10 +43,7 @@ def split(dataset_small, tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(split, tmp_path) -> Path:
     """A private copy of the split folder and its labels.json, to damage."""
-    dst = tmp_path / "shards" / "train"
-    shutil.copytree(split, dst)
-    shutil.copy(split.parent / "labels.json", dst.parent / "labels.json")
-    return dst
+    return private_copy(split, tmp_path)
 
 
 OPTIONS = [

@@ -159,15 +159,17 @@ def test_corrupt_index_is_a_named_error(split):
     path.write_bytes(bytes(data))
     with pytest.raises(BioscanError, match=rf"shard index .*{entry['index']['name']} is corrupt: sha256"):
         epoch(split, "mlm")
-    kinds = {p.kind for p in verify_split(split).problems}
-    assert kinds == {"index_mismatch"}
+    # A loader refuses the shard whole: verify counts its records as missing too (what on_error="skip" loses).
+    kinds = [p.kind for p in verify_split(split).problems]
+    assert set(kinds) == {"index_mismatch", "missing_record"} and kinds.count("missing_record") == entry["count"]
     path.write_bytes(bytes(data[:100]))  # cut short
     with pytest.raises(BioscanError, match=rf"{entry['index']['name']} has 100 bytes"):
         epoch(split, "mlm")
     path.unlink()
     with pytest.raises(BioscanError, match=rf"{entry['index']['name']} is missing"):
         epoch(split, "mlm")
-    assert {p.kind for p in verify_split(split).problems} == {"missing_index"}
+    kinds = [p.kind for p in verify_split(split).problems]
+    assert set(kinds) == {"missing_index", "missing_record"} and kinds.count("missing_record") == entry["count"]
 
 
 def test_stale_index_is_a_named_error(split):
@@ -185,10 +187,12 @@ def test_wrong_offsets_are_a_named_error(split):
     shifted = index.set_column(index.schema.get_field_index("jpg_offset"), "jpg_offset",
                                pa.array(index.column("jpg_offset").to_numpy() + 512))
     _rewrite_entry(split, 0, shifted)
-    with pytest.raises(BioscanError, match="is stale: no member .*jpg at byte"):
+    with pytest.raises(BioscanError, match="no member .*jpg at byte .*, where its index puts it .*stale index"):
         epoch(split, "classify", modality="image")
     problems = verify_split(split).problems
-    assert [p.kind for p in problems] == ["index_mismatch"] and "jpg_offset" in problems[0].detail
+    assert [p.kind for p in problems] == ["index_mismatch"] + ["missing_record"] * entry["count"]
+    assert "jpg_offset" in problems[0].detail  # every image lost to a loader reading images, as verify counts
+    assert all("a loader does not find where the index puts it" in p.detail for p in problems[1:])
 
 
 def test_count_mismatch_is_a_named_error(split):

@@ -155,3 +155,26 @@ def test_fallback_bomb_check_is_pillows(monkeypatch, limit):
     assert outcome(_pillow._bomb_check_public) == outcome(Image._decompression_bomb_check)
     monkeypatch.setattr(_pillow, "AVAILABLE", False)
     assert outcome(_pillow.bomb_check) == outcome(Image._decompression_bomb_check)
+
+
+# ----------------------------------------------------------------------------- stock Pillow's resize of a box
+
+
+def test_rows_exact_probe_is_what_the_fused_path_relies_on():
+    """ROWS_EXACT says whether resizing a box of an image cut below it equals the whole image's (pillow-simd:
+    yes; stock Pillow 13: no, by a level in some pixels); it is the probe's own comparison, made again here."""
+    pixels = np.random.default_rng(0).integers(0, 256, (320, 256, 3), dtype=np.uint8)
+    box, out = (60, 115, 220, 276), (224, 224)
+    whole = Image.fromarray(pixels).resize(out, Image.BILINEAR, box=box)
+    cut = Image.fromarray(np.ascontiguousarray(pixels[:278])).resize(out, Image.BILINEAR, box=box)
+    assert _pillow.ROWS_EXACT == (whole.tobytes() == cut.tobytes())
+
+
+def test_without_exact_rows_every_row_is_decoded_and_pixels_stay_exact(jpegs, monkeypatch):
+    monkeypatch.setattr(_pillow, "ROWS_EXACT", False)
+    assert im._rows_for((0, 10, 200, 120), 224, 1) is None
+    for size, data in jpegs.items():
+        steps = im.decode(data)
+        for seed in range(4):
+            fused = im.decode_train(data, 224, random.Random(seed), dct_scaling=False).hwc()
+            assert np.array_equal(fused, im.train_transform(steps, 224, random.Random(seed))), (size, seed)

@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bioscan_io import make_loader, synth
+from bioscan_io import columns
 from bioscan_io import metadata as md
 from bioscan_io.cli import main as bioscan_io_main, shard_main
 from bioscan_io.schema import COLUMNS, METADATA_CSV, image_subpath
@@ -106,7 +107,7 @@ def _batched(columns: dict, sizes: list[int]) -> pa.Table:
 @given(st.lists(st.integers(0, 29), max_size=60))
 def test_take_rows_equals_take(rows):
     table = _batched({"processid": [f"P{i}" * (i % 4 + 1) for i in range(30)], "x": list(range(30))}, [7, 0, 11, 12])
-    taken = md.take_rows(table, np.array(rows, np.int64))
+    taken = columns.take_rows(table, np.array(rows, np.int64))
     assert taken.to_pylist() == table.take(pa.array(rows, pa.int64())).to_pylist()
     assert taken.schema.field("processid").type == pa.large_string()
 
@@ -114,16 +115,16 @@ def test_take_rows_equals_take(rows):
 def test_take_rows_refuses_rows_out_of_range():
     table = _batched({"x": list(range(5))}, [2, 3])
     with pytest.raises(IndexError):
-        md.take_rows(table, [5])
+        columns.take_rows(table, [5])
 
 
 def test_row_lookup_finds_rows_and_nothing_else():
     pids = ["BIOUG123-A01", "AACTA5-19", "ÄÖ-1", "Z", "CRPAB77-20"]
     table = _batched({"processid": pids}, [2, 3])
-    lookup = md.RowLookup(table, np.array([0, 2, 3, 4]))  # AACTA5-19 is not among the rows
+    lookup = columns.RowLookup(table, np.array([0, 2, 3, 4]))  # AACTA5-19 is not among the rows
     keys = ["Z", "BIOUG123-A01", "AACTA5-19", "ÄÖ-1", "BIOUG123-A01-and-longer-than-any", "", "CRPAB77-2"]
     assert lookup.find(keys).tolist() == [3, 0, -1, 2, -1, -1, -1]
-    empty = md.RowLookup(table, np.empty(0, np.int64))
+    empty = columns.RowLookup(table, np.empty(0, np.int64))
     assert empty.find(["Z"]).tolist() == [-1]
 
 
@@ -135,7 +136,7 @@ def test_image_keys_follow_image_subpath(dataset_small):
     assert image_keys(table, rows).to_pylist() == expected
 
 
-#: No NUL (fixed-width bytes end at one, metadata.fixed_width) and no lone surrogate (not UTF-8).
+#: No NUL (fixed-width bytes end at one, columns.fixed_width) and no lone surrogate (not UTF-8).
 TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
 
 
@@ -145,7 +146,7 @@ def test_sorted_keys_agree_with_index_in(values, column):
     values = sorted(values)
     column = pa.array(column, pa.string())
     expected = pc.fill_null(pc.index_in(column, value_set=pa.array(values, pa.string())), -1).to_pylist()
-    keys = md.SortedKeys(values)
+    keys = columns.SortedKeys(values)
     assert keys.positions(column).tolist() == expected
     assert keys.positions(pa.chunked_array([column.slice(0, 3), column.slice(3)], pa.string())).tolist() == expected
     plain = [v for v in column.to_pylist() if v is not None]
@@ -155,4 +156,4 @@ def test_sorted_keys_agree_with_index_in(values, column):
 def test_fixed_width_across_slices():
     strings = [f"K{i}" * (i % 3 + 1) for i in range(70_000)]  # past two of fixed_width's slices
     column = pa.chunked_array([pa.array(strings[:5]), pa.array(strings[5:])])
-    assert [s.decode() for s in md.fixed_width(column).tolist()] == strings
+    assert [s.decode() for s in columns.fixed_width(column).tolist()] == strings

@@ -300,9 +300,14 @@ def test_missing_member_and_bad_json(split):
     bad = members[5][0].split(".")[0]
     members = [(n, b"{not json" if n == bad + ".json" else d) for n, d in members if n != no_dna + ".dna"]
     write_members(path, members)
-    refresh_manifest(split)
+    refresh_manifest(split)  # the shard cannot be indexed again: its old index stays listed
     report = verify_split(split)
-    assert [(p.kind, p.key) for p in report.problems] == [("missing_member", no_dna), ("bad_json", bad)]
+    found = [(p.kind, p.key) for p in report.problems if p.kind != "missing_record"]
+    assert found == [("missing_member", no_dna), ("bad_json", bad)]
+    # A loader refuses the old index (it describes the tar before the edit): every record of the shard is lost.
+    lost = [p for p in report.problems if p.kind == "missing_record"]
+    assert len(lost) == read_manifest(split)["shards"][0]["count"]
+    assert all(p.shard == path.name and "which a loader skips whole: shard index" in p.detail for p in lost)
 
 
 def test_dna_and_key_mismatch(split):

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..atomic import replacing
-from ..metadata import SortedKeys
+from ..columns import SortedKeys
 from ..schema import MISSING_LABEL, RANKS, BioscanError
 from .members import MEMBERS, parse_records
 
@@ -67,7 +67,7 @@ def build_index(keys, spans: dict, dna, records: pa.Table, labels: dict, shard: 
         The :data:`RECORD_FIELDS` of each sample (string columns).
     labels : dict
         ``labels.json``'s values per rank (index = position), or their
-        ``metadata.SortedKeys`` (made once for many shards).
+        ``columns.SortedKeys`` (made once for many shards).
     shard : dict
         What the index describes: ``shard`` (file name), ``shard_bytes``, ``shard_sha256``.
     """
@@ -109,6 +109,8 @@ def open_index(path: str, name: str | None = None) -> pa.Table:
         return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except FileNotFoundError:
         raise BioscanError(f"shard index {name} is missing (bioscan-io index FOLDER writes it again)") from None
+    except PermissionError as exc:  # the file is there, intact or not: writing it again would not help
+        raise BioscanError(f"cannot read shard index {name}: {exc.strerror or exc}") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise BioscanError(f"shard index {name} is unreadable ({str(exc).splitlines()[0]}); "
                            "bioscan-io index FOLDER writes it again") from None
@@ -128,6 +130,8 @@ def load_index(path: str, entry: dict, name: str | None = None) -> pa.Table:
         stat = os.stat(path)
     except FileNotFoundError:
         raise BioscanError(f"shard index {name} is missing (bioscan-io index FOLDER writes it again)") from None
+    except OSError as exc:  # a folder it may not search
+        raise BioscanError(f"cannot read shard index {name}: {exc.strerror or exc}") from None
     listed = entry.get("index") or {}
     key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, listed.get("sha256"), entry.get("name"),
            entry.get("bytes"), entry.get("sha256"), entry.get("count"))
@@ -223,13 +227,18 @@ def verify_shard_file(path: str, entry: dict, name: str) -> None:
 
 
 def _verify_once(path: str, listed: dict, what: str, hint: str) -> None:
-    stat = os.stat(path)
-    key = (what, stat.st_size, stat.st_mtime_ns, listed.get("sha256"))
-    if key in _VERIFIED:
-        return
-    if stat.st_size != listed.get("bytes"):
-        raise BioscanError(f"{what} has {stat.st_size} bytes, the manifest says {listed.get('bytes')}; {hint}")
-    digest = _sha256(path)
+    try:
+        stat = os.stat(path)
+        key = (what, stat.st_size, stat.st_mtime_ns, listed.get("sha256"))
+        if key in _VERIFIED:
+            return
+        if stat.st_size != listed.get("bytes"):
+            raise BioscanError(f"{what} has {stat.st_size} bytes, the manifest says {listed.get('bytes')}; {hint}")
+        digest = _sha256(path)
+    except OSError as exc:
+        # Missing or unreadable (permissions): one line naming the file, which the
+        # loader's on_error policy raises or skips like any other bad shard.
+        raise BioscanError(f"cannot read {what}: {exc.strerror or exc}") from None
     if digest != listed.get("sha256"):
         raise BioscanError(f"{what} is corrupt: sha256 {digest[:16]}..., the manifest says "
                            f"{str(listed.get('sha256'))[:16]}...; {hint}")

@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "or `python setup.py build_ext --inplace` in the source tree"
     ) from exc
 
-__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "take_local", "take_indexed", "read_members"]
+__all__ = ["ShardError", "ShortShard", "ShardScan", "scan", "take_local", "take_indexed", "read_members",
+           "jpg_headers_ok"]
 
 # A plain shared map: the walk faults in only the pages holding headers and the
 # wanted payloads. MAP_POPULATE measured no faster on warm page cache, and on a
@@ -289,9 +290,11 @@ def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str 
     one ``"record"`` struct column (in place of the ``.json`` bytes), from the
     memory-mapped index; only the images are read from the ``tar`` (a local
     path), at the offsets the index gives, each checked against the tar header
-    before it. A tar that no longer matches its index (other size, a member not
-    where the index says) makes every row asked for unreadable, as a fault of
-    the tar would.
+    before it. A tar of another size than its index describes (cut, garbage
+    appended, replaced) makes every row asked for unreadable: the whole shard
+    is lost to the tasks that read images. A row whose image does not follow
+    its own tar header (that header damaged in place, or a stale index) is lost
+    alone, with the fault of the first such row.
     """
     from .index import RECORD_FIELDS
 
@@ -315,11 +318,15 @@ def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str 
             mm = _map(tar, name)
             try:
                 _check_size(mm, index, name)
-                block["jpg"] = _images_at(mm, part, name)
+                block["jpg"], good, error = _images_at(mm, part, name)
             finally:
                 mm.close()
         except ShardError as error:
             return {"__key__": pa.array([], pa.string())}, np.zeros(0, np.int64), [], error
+        if error is not None:  # rows whose image is not where the index says: lost to that fault, one by one
+            mask = pa.array(good)
+            block = {k: v if k == "jpg" else v.filter(mask) for k, v in block.items()}
+            return block, np.flatnonzero(good), [], error
     return block, np.arange(len(rows)), [], None
 
 
@@ -339,8 +346,14 @@ def _check_size(mm: mmap.mmap, index: pa.Table, name: str) -> None:
                          "(bioscan-io verify says how)", detail)
 
 
-def _images_at(mm: mmap.mmap, part: pa.Table, name: str) -> pa.Array:
-    """The ``.jpg`` payloads of the rows of ``part``, each checked to follow its own tar header."""
+def _images_at(mm: mmap.mmap, part: pa.Table, name: str) -> tuple[pa.Array, np.ndarray, ShardError | None]:
+    """The ``.jpg`` payloads of the rows of ``part`` that follow their own tar header.
+
+    Returns the payloads of those rows, which rows they are (a bool mask over
+    ``part``), and the fault of the first other row (None when there is none): a
+    damaged header loses its own sample only, as :func:`jpg_headers_ok` decides
+    for ``verify`` too. Offsets outside the shard make the whole index unusable.
+    """
     starts = part.column("jpg_offset").to_numpy()
     ends = starts + part.column("jpg_size").to_numpy()
     buf = np.frombuffer(mm, dtype=np.uint8)
@@ -348,12 +361,31 @@ def _images_at(mm: mmap.mmap, part: pa.Table, name: str) -> pa.Array:
         if len(starts) and (starts.min() < 512 or ends.max() > len(buf)):
             raise ShardError(f"shard index of {name} gives image offsets outside the shard; "
                              "bioscan-io index FOLDER writes it again", "image offsets outside the shard")
-        for key, at in zip(part.column("processid").to_pylist(), starts.tolist()):
-            want = f"{key}.jpg".encode()
-            head = mm[at - 512:at - 412] + b"\0"  # the 100-byte name field, NUL-padded
-            if head[:len(want) + 1] != want + b"\0":
-                raise ShardError(f"shard index of {name} is stale: no member {key}.jpg at byte {at - 512}; "
-                                 "bioscan-io index FOLDER writes it again", f"no member {key}.jpg at byte {at - 512}")
-        return _column(buf, starts, ends, pa.large_binary())
+        keys = part.column("processid").to_pylist()
+        good = jpg_headers_ok(mm, keys, starts)
+        error = None
+        if not good.all():
+            bad = int(np.flatnonzero(~good)[0])
+            at = int(starts[bad]) - 512
+            error = ShardError(f"shard {name}: no member {keys[bad]}.jpg at byte {at}, where its index puts it "
+                               "(a damaged tar header, or a stale index; bioscan-io verify FOLDER says which)",
+                               f"no member {keys[bad]}.jpg at byte {at}")
+        return _column(buf, starts[good], ends[good], pa.large_binary()), good, error
     finally:
         del buf  # release the map's buffer, so that it can close
+
+
+def jpg_headers_ok(mm, keys: list[str], starts) -> np.ndarray:
+    """Whether the ``.jpg`` payload of each key at its offset follows its own tar header.
+
+    The header's 100-byte name field, 512 bytes before the payload, must name
+    ``{key}.jpg``: what a loader reading images through the index checks of
+    each sample, and what ``verify`` asks of each sample of an indexed shard
+    (``verify_served``), so that both lose the same ones.
+    """
+    good = np.zeros(len(keys), bool)
+    for i, (key, at) in enumerate(zip(keys, np.asarray(starts).tolist())):
+        want = f"{key}.jpg".encode()
+        head = mm[at - 512:at - 412] + b"\0"  # the 100-byte name field, NUL-padded
+        good[i] = at >= 512 and head[:len(want) + 1] == want + b"\0"
+    return good

@@ -7,11 +7,11 @@ import os
 import shutil
 import sys
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, missing_folders
 from ..schema import (
     DATASET_DIR,
     DEFAULT_PACKAGE,
@@ -185,6 +185,7 @@ def generate(
     n_records, seed, workers, image_pool = _check_args(n_records, seed, package, workers, image_pool)
     _check_int("_chunk_size", _chunk_size, minimum=1)
     root = Path(os.fspath(root)).expanduser()
+    created = missing_folders(root / DATASET_DIR)
     previous = _prepare_root(root)
 
     params = {"generator": "bioscan_io.synth", "version": SYNTH_VERSION, "n_records": n_records, "seed": seed}
@@ -192,22 +193,26 @@ def generate(
     # image pool is not a parameter: the images of any pool match the same metadata)
     if official_splits:
         params["official_splits"] = True
-    packages = _remove_stale_images(root, previous, params, package if images else None)
-    marker_path = root / DATASET_DIR / MARKER_NAME
-    _write_marker(marker_path, params, packages)
+    images_dir = root / IMAGES_DIR / package if images else None
+    try:
+        packages = _remove_stale_images(root, previous, params, package if images else None)
+        marker_path = root / DATASET_DIR / MARKER_NAME
+        _write_marker(marker_path, params, packages)
+        with _progress_bar(n_records, progress, f"rendering {package}" if images else "generating metadata") as advance:
+            writer = None
+            if images:
+                from .images import _ImageWriter  # imports PIL, which the metadata alone does not need
+
+                _make_image_folders(images_dir)
+                writer = _ImageWriter(root, package, seed, workers, image_pool, n_records, advance)
+            _write_records(root, n_records, seed, official_splits, _chunk_size, workers, writer, advance)
+        if images:
+            _write_marker(marker_path, params, sorted(set(packages) | {package}))
+    except BaseException:  # a full disk, Ctrl-C: no half-written dataset is left to be mistaken for one
+        _undo(root, created, replaced=previous is None or not _same_params(previous, params), images_dir=images_dir)
+        raise
 
     csv_path, jsonld_path = root / METADATA_CSV, root / METADATA_JSONLD
-    images_dir = root / IMAGES_DIR / package if images else None
-    with _progress_bar(n_records, progress, f"rendering {package}" if images else "generating metadata") as advance:
-        writer = None
-        if images:
-            from .images import _ImageWriter  # imports PIL, which the metadata alone does not need
-
-            _make_image_folders(images_dir)
-            writer = _ImageWriter(root, package, seed, workers, image_pool, n_records, advance)
-        _write_records(root, n_records, seed, official_splits, _chunk_size, workers, writer, advance)
-    if images:
-        _write_marker(marker_path, params, sorted(set(packages) | {package}))
 
     return GeneratedDataset(
         root=root,
@@ -302,6 +307,26 @@ def _prepare_root(root: Path):
     return previous
 
 
+def _same_params(previous: dict, params: dict) -> bool:
+    return {k: v for k, v in previous.items() if k != "packages"} == params
+
+
+def _undo(root: Path, created: list[Path], replaced: bool, images_dir: Path | None) -> None:
+    """After a failed generation: remove what it was writing.
+
+    The whole ``bioscan5m`` folder when this call made it or was replacing every
+    file in it (other arguments); else only the image package being added (the
+    marker does not list it yet). Never raises: the error is the one to report.
+    """
+    if replaced:
+        shutil.rmtree(root / DATASET_DIR, ignore_errors=True)
+    elif images_dir is not None:
+        shutil.rmtree(images_dir, ignore_errors=True)
+    for path in created:
+        with suppress(OSError):
+            path.rmdir()
+
+
 def _remove_stale_images(root: Path, previous, params: dict, package):
     """Remove the images that the new generation makes stale; returns the packages still valid.
 
@@ -310,7 +335,7 @@ def _remove_stale_images(root: Path, previous, params: dict, package):
     """
     packages = []
     if previous is not None:
-        if {k: v for k, v in previous.items() if k != "packages"} == params:
+        if _same_params(previous, params):
             packages = [p for p in previous.get("packages", []) if p in PACKAGES]
         else:
             shutil.rmtree(root / IMAGES_DIR, ignore_errors=True)

@@ -91,7 +91,7 @@ def _shadow(rng, bg, base, shapes, pix, s):
             md.polygon(pts.ravel().tolist(), fill=int(rgba[3] * 0.35))
         else:
             md.line(pts.ravel().tolist(), fill=60, width=max(1, int(width * s / q)))
-    mask = mask.filter(ImageFilter.GaussianBlur(max(1.0, 0.035 * s / q))).resize((W, H), Image.BILINEAR)
+    mask = mask.filter(ImageFilter.GaussianBlur(float(max(1.0, 0.035 * s / q)))).resize((W, H), Image.BILINEAR)
     dark = Image.new("RGB", (W, H), tuple(int(v) for v in base * 0.55))
     return Image.composite(dark, bg, mask)
 
@@ -134,7 +134,7 @@ def _render_image(package, rec_seed, plan_code, colour, size, area_fraction):
     bg, base = _background(rng, W, H)
     img = _shadow(rng, bg, base, shapes, pix, s)
     _paint(img, shapes, pix, s)
-    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.1) * max(W, H) / 340))
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.1) * max(W, H) / 340)))
     return _add_noise(rng, img)
 
 
@@ -148,7 +148,12 @@ def _render_batch(args):
     for rel, rec_seed, plan, colour, sz, area in tasks:
         img = _render_image(package, rec_seed, plan, colour, sz, area)
         path = os.path.join(root, rel)
-        img.save(path, "JPEG", quality=90)
+        try:
+            img.save(path, "JPEG", quality=90)
+        except OSError as exc:  # a full disk's error names no file: name the image
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from None
         size += os.path.getsize(path)
         n += 1
     return n, size
