@@ -109,7 +109,7 @@ def _bomb_check_public(size: tuple[int, int]) -> None:
                                            "could be decompression bomb DOS attack.")
     if pixels > limit:
         warnings.warn(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression "
-                      "bomb DOS attack.", Image.DecompressionBombWarning)
+                      "bomb DOS attack.", Image.DecompressionBombWarning, stacklevel=2)
 
 
 # ----------------------------------------------------------------------------- the shim

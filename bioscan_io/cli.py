@@ -107,7 +107,8 @@ def _shard_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help=f"dataset root holding bioscan5m/ (default: ${ROOT_ENV}, else the bundled demo data)")
     p.add_argument("--split", default="pretrain",
                    help="split, a+b union, seen, unseen, all or validation (default: pretrain)")
-    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default: {DEFAULT_PACKAGE})")
+    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES,
+                   help=f"image package (default: {DEFAULT_PACKAGE})")
     p.add_argument("--out", default="shards",
                    help="output folder, an fsspec URL such as s3://bucket/shards, or 'pipe:CMD' with {name}: "
                         "each file piped to CMD's stdin, {name} replaced by its path (train/train-000000.tar, ..., "
@@ -121,7 +122,8 @@ def _shard_arguments(p: argparse.ArgumentParser) -> None:
                    help="the package's zip archive(s), read without extracting (e.g. every "
                         "BIOSCAN_5M_original_full.0*.zip part), or its image folder (default: "
                         "ROOT/bioscan5m/images/PACKAGE, else the package's BIOSCAN_5M_*.zip archives in ROOT)")
-    p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT, help=f"most samples per shard (default: {DEFAULT_MAXCOUNT})")
+    p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT,
+                   help=f"most samples per shard (default: {DEFAULT_MAXCOUNT})")
     p.add_argument("--maxsize", type=parse_size, default=DEFAULT_MAXSIZE,
                    help="most bytes per shard, e.g. 500MB or 1GiB (default: 1GiB)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pre-shuffle (default: 0)")
@@ -151,7 +153,8 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="dataset root folder (bioscan5m/ is written inside it)")
     p.add_argument("--records", type=int, default=10_000, help="number of records (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES, help=f"image package (default {DEFAULT_PACKAGE})")
+    p.add_argument("--package", default=DEFAULT_PACKAGE, choices=PACKAGES,
+                   help=f"image package (default {DEFAULT_PACKAGE})")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes for the images and large metadata (default: all CPUs)")
     p.add_argument("--no-images", action="store_true", help="write the metadata only")

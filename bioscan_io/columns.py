@@ -163,7 +163,8 @@ def fixed_width(column) -> np.ndarray:
         for start in range(0, len(chunk), _SLICE):  # the scatter's indices cost 16 bytes a byte: bounded
             part = chunk.slice(start, _SLICE)
             offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:part.offset + len(part) + 1]
-            data = np.frombuffer(part.buffers()[2], np.uint8) if part.buffers()[2] is not None else np.empty(0, np.uint8)
+            values = part.buffers()[2]
+            data = np.frombuffer(values, np.uint8) if values is not None else np.empty(0, np.uint8)
             lengths = np.diff(offsets)
             row = np.repeat(np.arange(len(part)), lengths)
             col = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)

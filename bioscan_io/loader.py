@@ -31,11 +31,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import distributed, handover, plan, storage
-from .resume import make_state, plan_identity, read_state
-from .reader import ErrorPolicy, read_items, read_rows, record_columns, refill_items
-from .shardlist import ShardSet, check_sizes, find_shards
 from .options import check_options, resolve
+from .reader import ErrorPolicy, read_items, read_rows, record_columns, refill_items
+from .resume import make_state, plan_identity, read_state
 from .schema import BioscanError
+from .shardlist import ShardSet, check_sizes, find_shards
 from .tasks import TASKS, ImageConfig, Task, TokenizerConfig, choose_modalities
 from .text import TextTokens
 

@@ -61,7 +61,8 @@ class Option:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind in ("int", "number"):
             noun = "an integer" if self.kind == "int" else "a number"
-            bounds = [f">= {self.low:g}" if self.low is not None else "", f"<= {self.high:g}" if self.high is not None else ""]
+            bounds = [f">= {self.low:g}" if self.low is not None else "",
+                      f"<= {self.high:g}" if self.high is not None else ""]
             text = " ".join([noun, " and ".join(b for b in bounds if b)]).strip()
         else:
             text = {"bool": "True or False", "dict": "a dict",

@@ -244,7 +244,8 @@ def rank_stream(counts, seed: int, epoch: int, block_rows: int | None, shuffle: 
         world = phases[i + 1].world_size if i + 1 < len(phases) else world_size
         starts = [c * phase.batch_size for c in phase.batches]
         ends = [min(s.real, n_batches(len(s), phase.batch_size, drop_last) * phase.batch_size) for s in streams]
-        streams = [Remainder(streams, starts, ends, r, world) for r in (range(world) if i + 1 < len(phases) else [rank])]
+        ranks = range(world) if i + 1 < len(phases) else [rank]
+        streams = [Remainder(streams, starts, ends, r, world) for r in ranks]
     return streams[0]
 
 
@@ -271,7 +272,8 @@ class Item:
 
 
 def items(stream, batch_size: int, drop_last: bool, group: int, start: int, worker: int, num_workers: int):
-    """Worker ``worker``'s items: batches ``start, start + 1, ...`` of ``stream`` in groups, every ``num_workers``-th."""
+    """Worker ``worker``'s items: batches ``start, start + 1, ...`` of ``stream`` in groups,
+    every ``num_workers``-th."""
     length = len(stream)
     total = n_batches(length, batch_size, drop_last)
     for i, (first, last) in enumerate(item_bounds(start, total, group, num_workers)):

@@ -12,9 +12,10 @@ that needs a vocabulary file (BarcodeMAE's BPE tokenizers) is not a recipe: pass
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .schema import BioscanError
 
@@ -91,7 +92,8 @@ RECIPES: dict[str, Recipe] = {
         options={"k": 4, "max_len": 660, "n_as_base": False, "mask_prob": 0.5, "mask_ratios": (1.0, 0.0, 0.0),
                  "label_mode": "barcodebert", "random_offset": True},
         sources={
-            "k": _BB + "barcodebert/pretraining.py --k-mer 4, scripts/BarcodeBERT/SLURM_pretrain.sh --k-mer 4 --stride 4",
+            "k": _BB + "barcodebert/pretraining.py --k-mer 4, "
+                       "scripts/BarcodeBERT/SLURM_pretrain.sh --k-mer 4 --stride 4",
             "max_len": _BB + "barcodebert/pretraining.py --max-len 660",
             "n_as_base": _BB + "barcodebert/pretraining.py --tokenize_n off by default (N k-mers are [UNK])",
             "mask_prob": _BB + "barcodebert/pretraining.py mask_ratios = [0.50]",

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from .schema import BioscanError
 
-__all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "LocalCopies", "read_text", "staging_folder",
-           "check_destination", "publish"]
+__all__ = ["is_url", "local_path", "dirname", "join", "open_read", "spool", "LocalCopies", "read_text",
+           "staging_folder", "check_destination", "publish"]
 
 _EXTRA_HINT = "pip install 'bioscan-io[remote]'"
 _WDS_SCHEMES = ("http://", "https://")
@@ -66,7 +66,8 @@ def _fs(url: str, storage_options: dict | None):
     try:
         import fsspec
     except ImportError:
-        raise BioscanError(f"{url}: remote storage needs fsspec and the package for its scheme: {_EXTRA_HINT}") from None
+        raise BioscanError(f"{url}: remote storage needs fsspec and the package for its scheme: "
+                           f"{_EXTRA_HINT}") from None
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:  # the scheme's own package (s3fs, gcsfs) is missing

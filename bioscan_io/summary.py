@@ -173,7 +173,8 @@ def _read_shard(path: Path, count: int) -> tuple[pa.Array, dict]:
     for ext in exts:
         if not present[ext].all():
             key = keys[int(np.flatnonzero(~present[ext])[0])].as_py()
-            raise BioscanError(f"shard {path}: sample {key} has no .{ext} member (bioscan-io verify lists all problems)")
+            raise BioscanError(f"shard {path}: sample {key} has no .{ext} member "
+                               "(bioscan-io verify lists all problems)")
     return keys, values
 
 

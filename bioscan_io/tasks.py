@@ -287,7 +287,8 @@ class Task:
         """Most bytes of a batch's tensors (what a worker's hand-over slot must hold)."""
         total = 0
         if "dna" in self.modalities:
-            total += len(self.token_names) * batch_size * self.tokens.tokenizer.n_tokens * np.dtype(self.tokens.np_dtype).itemsize
+            per_token = np.dtype(self.tokens.np_dtype).itemsize
+            total += len(self.token_names) * batch_size * self.tokens.tokenizer.n_tokens * per_token
         if "image" in self.modalities:
             pixels = batch_size * 3 * self.images.size ** 2
             total += pixels * (1 if self.images.dtype == "uint8" else 4)

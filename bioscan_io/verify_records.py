@@ -244,5 +244,6 @@ def check_images(digests: list[tuple[str, int, str]], records: Records, images, 
                 continue
             if len(source) != size or hashlib.sha256(source).hexdigest() != digest:
                 how = f"{size} bytes, the source {len(source)}" if len(source) != size else "same size, other bytes"
-                problems.append(Problem("image_mismatch", shard, key, f".jpg differs from the source image {where} ({how})"))
+                problems.append(Problem("image_mismatch", shard, key,
+                                        f".jpg differs from the source image {where} ({how})"))
     return problems

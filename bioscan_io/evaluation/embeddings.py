@@ -74,7 +74,7 @@ class Embeddings:
         return rank_labels(self.labels, rank, "embeddings", len(self))
 
     @classmethod
-    def concat(cls, *parts: "Embeddings") -> "Embeddings":
+    def concat(cls, *parts: Embeddings) -> Embeddings:
         """Rows of several sets one after the other (e.g. ``test`` then ``test_unseen``).
 
         Only the ranks every part has are kept. A processid in more than one part is
@@ -92,7 +92,7 @@ class Embeddings:
                    {r: np.concatenate([p.labels[r] for p in parts]) for r in ranks})
 
     @classmethod
-    def join(cls, *parts: "Embeddings") -> "Embeddings":
+    def join(cls, *parts: Embeddings) -> Embeddings:
         """Features of several modalities side by side (the feature axis), record by record.
 
         The parts must hold the same records; rows of later parts are reordered to
@@ -123,7 +123,7 @@ class Embeddings:
                  **{f"label_{r}": v for r, v in self.labels.items()})
 
     @classmethod
-    def load(cls, path) -> "Embeddings":
+    def load(cls, path) -> Embeddings:
         """Read what :meth:`save` wrote."""
         with np.load(Path(path), allow_pickle=False) as data:
             labels = {k[len("label_"):]: data[k] for k in data.files if k.startswith("label_")}

@@ -27,7 +27,8 @@ from ..schema import SPLITS, BioscanError
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "LABELS", "MISSING_REPORT", "ShardInfo",
-    "read_manifest", "parse_manifest", "split_folder_of", "listed_shards", "publish_order", "write_json", "labels_path", "read_labels",
+    "read_manifest", "parse_manifest", "split_folder_of", "listed_shards", "publish_order", "write_json",
+    "labels_path", "read_labels",
     "manifest_problems", "shard_entries", "is_count",
 ]
 

@@ -230,6 +230,7 @@ def end_of_archive_fault(path, end: int, last: str | None) -> TarFault | None:
         for block in itertools.chain([marker], iter(lambda: f.read(1 << 20), b"")):
             if any(block):
                 first = offset + next(i for i, b in enumerate(block) if b)
-                return TarFault("corrupt", f"data at byte {first} after the end-of-archive marker at byte {end} ({after})")
+                return TarFault("corrupt",
+                                f"data at byte {first} after the end-of-archive marker at byte {end} ({after})")
             offset += len(block)
     return None

@@ -72,7 +72,7 @@ class _Taxonomy:
                 self.named_genera[g] = _Genus(g, sub, family, order, klass, phylum, True)
         # family choice weights: order share x family weight within the order
         fam_w = []
-        for order, family, w, genera in _FAMILIES:
+        for order, _family, w, _genera in _FAMILIES:
             total = sum(x[2] for x in _FAMILIES if x[0] == order)
             fam_w.append(_ORDERS[order][2] * w / total)
         self.family_cdf = _cdf(np.array(fam_w) / sum(fam_w))

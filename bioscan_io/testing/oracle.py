@@ -86,7 +86,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..tokenizer import DEFAULT_MASK_RATIOS, IGNORE_INDEX, MASK_ID, MASK_TOKEN, UNK_ID, UNK_TOKEN
 
