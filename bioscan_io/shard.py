@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -364,7 +365,7 @@ def shard_split(
     workers: int | None = None,
     skip_missing: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     log=print,
     storage_options: dict | None = None,
     staging: str | os.PathLike | None = None,
@@ -403,8 +404,9 @@ def shard_split(
         ``missing_images.txt``, instead of refusing.
     overwrite : bool
         Replace shards left in the split folder by a run with other inputs.
-    progress : bool
-        Show progress bars.
+    progress : bool, optional
+        Show progress bars on stderr; default: when stderr is a terminal (not into a
+        log file), as the command line does and as :func:`bioscan_io.verify.verify_split`.
     log : callable
         Receives the messages meant for the user.
     storage_options : dict, optional
@@ -428,6 +430,8 @@ def shard_split(
         range, or an unusable remote ``out``. ``out`` is left as found, but for the
         shards finished (the rerun reuses them).
     """
+    if progress is None:
+        progress = sys.stderr.isatty()
     options = ShardOptions(package, metadata, images, maxcount, maxsize, seed, workers, skip_missing, overwrite,
                            progress)
     _check_options(split, options)

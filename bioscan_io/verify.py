@@ -235,7 +235,8 @@ def _image_source(manifest: dict, root, package: str):
     return open_images(path, package)
 
 
-def verify_split(folder, root=None, metadata=None, images: bool = False, progress: bool = False) -> VerifyReport:
+def verify_split(folder, root=None, metadata=None, images: bool = False,
+                 progress: bool | None = None) -> VerifyReport:
     """Check a split folder of shards against its manifest, its own contents and the metadata.
 
     Parameters
@@ -249,8 +250,9 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
         A metadata CSV or JSON-LD file to compare with; takes precedence over ``root``.
     images : bool
         Also compare every ``.jpg`` byte for byte with its source image file.
-    progress : bool
-        Show a progress bar (bytes of shards read) on stderr.
+    progress : bool, optional
+        Show a progress bar (bytes of shards read) on stderr; default: when stderr is
+        a terminal, as :func:`bioscan_io.shard.shard_split`.
 
     Returns
     -------
@@ -266,6 +268,7 @@ def verify_split(folder, root=None, metadata=None, images: bool = False, progres
         with ``images=True``, the dataset root) cannot be found or read.
     """
     try:
+        progress = sys.stderr.isatty() if progress is None else progress
         return _verify(split_folder(folder), root, metadata, images, progress)
     except OSError as exc:
         # A file or folder the run may not open (permissions, a file where a folder
