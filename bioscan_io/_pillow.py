@@ -250,7 +250,7 @@ def rows_exact() -> bool:
         whole = Image.fromarray(pixels)
         box, out = (60, 115, 220, 276), (224, 224)
         cut = Image.fromarray(np.ascontiguousarray(pixels[:278]))  # the box and its filter's reach
-        bilinear = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
+        bilinear = Image.Resampling.BILINEAR
         return whole.resize(out, bilinear, box=box).tobytes() == cut.resize(out, bilinear, box=box).tobytes()
     except Exception:
         return False
@@ -298,6 +298,6 @@ def _owners(init: str) -> list[str]:
         name = (dist.metadata["Name"] or "").lower()
         if name in ("pillow", "pillow-simd"):
             with suppress(OSError):
-                if os.path.samefile(dist.locate_file("PIL/__init__.py"), init):
+                if os.path.samefile(str(dist.locate_file("PIL/__init__.py")), init):
                     found.add(name)
     return sorted(found)

@@ -26,7 +26,7 @@ from .schema import BioscanError
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
     import msvcrt
 
 __all__ = ["TMP_MARK", "temporary_sibling", "replacing", "atomic_open", "exclusive", "sweep", "check_writable",

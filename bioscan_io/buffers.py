@@ -127,6 +127,7 @@ def _chunks_from_arrow(values: Any, what: str) -> list[Chunk]:
     if pa.types.is_null(t):
         zeros = np.zeros(n, dtype=np.int64)
         return [Chunk(_EMPTY_U8, zeros, zeros)]
+    off_dtype: type
     if pa.types.is_string(t) or pa.types.is_binary(t):
         off_dtype = np.int32
     elif pa.types.is_large_string(t) or pa.types.is_large_binary(t):

@@ -67,6 +67,6 @@ def all_gather_valid_objects(values: list, valid) -> list:
     dist = _initialized()
     if dist is None:
         return keep
-    gathered = [None] * dist.get_world_size()
+    gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, keep)
     return [v for part in gathered for v in part]

@@ -84,7 +84,7 @@ class SlotArena:
         self._iteration = self._bytes[n * 4 + 4:n * 4 + 8].view(np.uint32)
         self._live = [0] * n  # main process: tensors of each delivered slot still alive
         self._lock = threading.Lock()
-        self._slot = None  # worker: (slot, bytes used) of the batch being made
+        self._slot: list[int] | None = None  # worker: (slot, bytes used) of the batch being made
 
     def __getstate__(self):  # the block travels as a shared tensor; process-local state stays behind
         return {"workers": self.workers, "slots": self.slots, "slot_bytes": self.slot_bytes, "block": self.block}

@@ -63,6 +63,7 @@ import numbers
 import random
 import re
 import sys
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -73,10 +74,10 @@ from .schema import RGB_MEAN, RGB_STD, BioscanError
 __all__ = ["EOI_SLACK", "MAX_ROTATE", "has_eoi", "decode", "resized_size", "random_resized_crop_box", "eval_box",
            "PreparedImage", "decode_train", "decode_eval", "train_transform", "eval_transform", "stack", "normalize"]
 
-_BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
-_FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT if hasattr(Image, "Transpose") else Image.FLIP_LEFT_RIGHT
-_FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM if hasattr(Image, "Transpose") else Image.FLIP_TOP_BOTTOM
-_NEAREST = Image.Resampling.NEAREST if hasattr(Image, "Resampling") else Image.NEAREST
+_BILINEAR = Image.Resampling.BILINEAR  # Pillow >= 9.1 (pyproject)
+_FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT
+_FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM
+_NEAREST = Image.Resampling.NEAREST
 _DEFAULT_RATIO = (3 / 4, 4 / 3)
 _BLACK = (0, 0, 0)
 #: Largest ``rotate`` (degrees either way): a full turn's range.
@@ -233,7 +234,7 @@ def _crop_resize(img: Image.Image, box, size: tuple[int, int]) -> Image.Image:
     """``img`` cropped to ``box`` and resized to ``size`` (bilinear) in one step."""
     left, top, right, bottom = box
     if (right - left, bottom - top) == size and all(float(v).is_integer() for v in box):
-        return img.crop(tuple(int(v) for v in box))  # resampling at scale 1 on whole pixels: a crop
+        return img.crop((int(left), int(top), int(right), int(bottom)))  # scale 1 on whole pixels: a crop
     return img.resize(size, _BILINEAR, box=box)
 
 
@@ -312,7 +313,7 @@ def eval_box(width: int, height: int, size: int, resize: int) -> tuple[float, fl
 
 
 def _level(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= int(v) <= 255
 
 
 def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
@@ -320,12 +321,12 @@ def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
     if pre_resize is not None and (isinstance(pre_resize, bool) or not isinstance(pre_resize, numbers.Integral)
                                    or pre_resize < 1):
         raise BioscanError(f"pre_resize must be a positive integer or None; got {pre_resize!r}")
-    if isinstance(rotate, bool) or not isinstance(rotate, numbers.Real) or not 0 <= rotate <= MAX_ROTATE:
+    if isinstance(rotate, bool) or not isinstance(rotate, numbers.Real) or not 0 <= float(rotate) <= MAX_ROTATE:
         raise BioscanError(f"rotate must be a number of degrees from 0 to {MAX_ROTATE:g}; got {rotate!r}")
     colour = (fill,) * 3 if _level(fill) else tuple(fill) if isinstance(fill, (tuple, list)) else ()
     if len(colour) != 3 or not all(_level(v) for v in colour):
         raise BioscanError(f"fill must be a level 0-255 or three of them (R, G, B); got {fill!r}")
-    return tuple(int(v) for v in colour)
+    return int(colour[0]), int(colour[1]), int(colour[2])
 
 
 def _train_draws(width: int, height: int, rng: random.Random, hflip: bool, vflip: bool, scale, ratio,
@@ -372,7 +373,7 @@ class PreparedImage:
         self._data, self._src_size, self._img, self._box = data, src_size, img, box
         self.size, self.hflip, self.vflip, self.angle, self._fill = size, bool(hflip), bool(vflip), angle, fill
         self._where, self._dct = where, dct_scaling
-        self._pixels = None
+        self._pixels: Image.Image | None = None
 
     def __reduce__(self):  # pickles as the bytes and the draws, not as pixels
         return (PreparedImage, (self._data, self._src_size, None, self._box, self.size, self.hflip, self.vflip,
@@ -512,7 +513,7 @@ def eval_transform(img: Image.Image, size: int, resize: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- batches
 
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_madvise = None  # libc's madvise once looked up; False where unavailable
+_madvise: Any = None  # libc's madvise once looked up; False where unavailable
 
 
 def _prefault(tensor) -> None:
@@ -553,8 +554,8 @@ def _empty(shape: tuple[int, ...], dtype):
 
     if get_worker_info() is None:
         out = torch.empty(shape, dtype=dtype)
-    elif (out := handover.empty(shape, dtype)) is not None:
-        return out  # a reused slot: its pages are in place already
+    elif (reused := handover.empty(shape, dtype)) is not None:
+        return reused  # a reused slot: its pages are in place already
     else:
         out = handover.shared_tensor(shape, dtype)
     if out.nbytes >= 1 << 20:

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import multiprocessing
+from typing import Any
 
 import numpy as np
 import torch
@@ -532,6 +533,6 @@ def _text_tokens(task: str, options: dict) -> TextTokens | None:
     return TextTokens(options["text_tokenizer"], options["text_max_len"])
 
 
-def _as_is(batch: dict) -> dict:
+def _as_is(batch: Any) -> Any:
     """The stages already collate; torch's default_convert would walk every id string."""
     return batch

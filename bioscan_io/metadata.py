@@ -97,7 +97,7 @@ def _csv_header(path: Path) -> list[str]:
         raise BioscanError(f"unreadable metadata CSV {path}: {exc}") from None
     if not header:
         raise BioscanError(f"unreadable metadata CSV {path}: the file is empty")
-    first = {}
+    first: dict[str, int] = {}
     for number, name in enumerate(header, start=1):
         if name in first:  # the reader would keep one of the two and drop the other without a word
             raise BioscanError(f"metadata {path} has column {name!r} twice (columns {first[name]} and {number}); "
@@ -307,7 +307,7 @@ def _duplicates(pid: pa.ChunkedArray) -> list[str]:
     if not len(repeat):
         return []
     first = order[repeat - 1]  # stable sort: the previous equal key comes first in the file, too
-    found = {}
+    found: dict[str, None] = {}  # an ordered set
     for row in np.sort(first).tolist():
         found.setdefault(pid[row].as_py(), None)
     return list(found)

@@ -54,7 +54,8 @@ class Option:
             return isinstance(value, (bool, np.bool_))
         if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind == "int" else numbers.Real):
             return False
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        number = float(value)  # an Integral or Real, checked above
+        return (self.low is None or number >= self.low) and (self.high is None or number <= self.high)
 
     def describe(self) -> str:
         if self.kind == "choice":

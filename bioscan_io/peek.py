@@ -176,7 +176,7 @@ def _wrap(text: str, font, width: float, max_lines: int = 2) -> list[str]:
     text does not fit.
     """
     text = _text(text, font)
-    lines = []
+    lines: list[str] = []
     while len(lines) < max_lines - 1 and font.getlength(text) > width:
         cut = 0
         for i, ch in enumerate(text):  # the last space before the width, else as many characters as fit
@@ -227,7 +227,7 @@ def tile_lines(sample: dict) -> list[tuple[str, str, tuple]]:
     list of (str, str, tuple)
         Label, value and RGB colour of each line.
     """
-    record, problem = None, None
+    record, problem = None, ""
     raw = sample.get("json")
     if raw is None:
         problem = "no .json member"
@@ -238,7 +238,7 @@ def tile_lines(sample: dict) -> list[tuple[str, str, tuple]]:
                 raise ValueError("not an object")
         except (UnicodeDecodeError, ValueError):
             record, problem = None, "unreadable .json"
-    lines = []
+    lines: list[tuple[str, str, tuple]] = []
     for rank in TEXT_RANKS:
         if record is None:
             lines.append((rank, problem, _WARN))
@@ -259,8 +259,8 @@ def _thumbnail(data: bytes | None, thumb: int) -> Image.Image | str:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (thumb, thumb))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is enough
-            img = img.convert("RGB")
-        return ImageOps.contain(img, (thumb, thumb), Image.Resampling.LANCZOS)
+            rgb = img.convert("RGB")
+        return ImageOps.contain(rgb, (thumb, thumb), Image.Resampling.LANCZOS)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return "unreadable image"
 
@@ -395,8 +395,8 @@ def contact_sheet(shard_or_split, n: int = 16, columns: int = 4, thumb: int = 19
         y = text[1] + id_h
         for label, values, colour in tile_text:
             draw.text((text[0], y), _text(label, font), font=font, fill=_LABEL)
-            for value in values:
-                draw.text((text[0] + label_w, y), value, font=font, fill=colour)
+            for line in values:
+                draw.text((text[0] + label_w, y), line, font=font, fill=colour)
                 y += line_h
         result.tile_boxes.append(tile)
         result.image_boxes.append(box)

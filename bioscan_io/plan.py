@@ -239,7 +239,7 @@ def rank_stream(counts, seed: int, epoch: int, block_rows: int | None, shuffle: 
 
     if not phases:
         return base(rank, world_size)
-    streams = [base(r, phases[0].world_size) for r in range(phases[0].world_size)]
+    streams: list[RankStream | Remainder] = [base(r, phases[0].world_size) for r in range(phases[0].world_size)]
     for i, phase in enumerate(phases):
         world = phases[i + 1].world_size if i + 1 < len(phases) else world_size
         starts = [c * phase.batch_size for c in phase.batches]

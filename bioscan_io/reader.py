@@ -30,7 +30,8 @@ class ErrorPolicy:
     """
 
     def __init__(self, mode: str):
-        self.mode, self.pending = mode, []
+        self.mode = mode
+        self.pending: list = []
 
     def handle(self, exc: BioscanError, lost: int) -> None:
         if self.mode == "raise":
@@ -100,6 +101,7 @@ def _take(shards: ShardSet, shard: int, rows: np.ndarray, exts: tuple[str, ...],
     index_url = shards.indexes[shard] if shards.indexes else None
     if index_url is None:
         return take_local(copies.path(url), rows, exts, name=url)
+    assert shards.entries is not None  # indexes come with a manifest's entries
     index = load_index(copies.path(index_url), shards.entries[shard], name=index_url)
     tar = copies.path(url) if "jpg" in exts else None  # without images, no tar page is touched
     return take_indexed(index, rows, exts, tar=tar, name=url)

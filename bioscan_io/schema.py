@@ -184,7 +184,7 @@ def expand_split(name: str) -> tuple[str, ...]:
     """
     if not isinstance(name, str) or not name.strip():
         raise BioscanError(f"empty split name; valid names are {', '.join(SPLITS + tuple(SPLIT_UNIONS))}")
-    wanted = set()
+    wanted: set[str] = set()
     for part in name.split("+"):
         part = SPLIT_ALIASES.get(part.strip(), part.strip())
         if part in SPLIT_UNIONS:

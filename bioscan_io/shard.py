@@ -186,10 +186,10 @@ def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict
     if done.is_file():
         for line in done.read_text().splitlines():
             try:
-                info = ShardInfo(**json.loads(line))
+                logged = ShardInfo(**json.loads(line))
             except (ValueError, TypeError):
                 continue  # a line cut short by a kill
-            known[info.name] = info
+            known[logged.name] = logged
     finished, searchable = {}, None
     for name, count in plan.items():
         path = folder / name
@@ -207,8 +207,9 @@ def _finished(folder: Path, fingerprint: str, plan: dict[str, int], labels: dict
 
 
 def _index_present(folder: Path, info: ShardInfo) -> bool:
-    return bool(info.index) and (folder / info.index["name"]).is_file() \
-        and (folder / info.index["name"]).stat().st_size == info.index["bytes"]
+    index = info.index
+    return index is not None and bool(index) and (folder / index["name"]).is_file() \
+        and (folder / index["name"]).stat().st_size == index["bytes"]
 
 
 def _prepare_folder(folder: Path, fingerprint: str, overwrite: bool) -> None:

@@ -75,9 +75,11 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
         if not listed:
             raise BioscanError("no shard URLs given")
     if manifest_url is None:
+        if not listed:  # a pattern that names no shard
+            raise BioscanError(f"no shard URLs in {urls!r}")
         manifest_url = storage.join(storage.dirname(listed[0]), MANIFEST)
-    text = storage.read_text(manifest_url, storage_options)
-    manifest = parse_manifest(text, manifest_url) if text is not None else None
+    found = storage.read_text(manifest_url, storage_options)
+    manifest = parse_manifest(found, manifest_url) if found is not None else None
     if manifest is None and listed is None:
         raise BioscanError(f"no shard manifest at {manifest_url}")
 
@@ -85,6 +87,7 @@ def find_shards(urls, storage_options: dict | None = None) -> ShardSet:
     labels_url = storage.join(storage.dirname(base), LABELS)
     labels = read_labels(storage.read_text(labels_url, storage_options))
     if manifest is None:
+        assert listed is not None  # no manifest and no list: refused above
         return ShardSet(listed, [_count_local(u) for u in listed], labels, labels_url=labels_url, folder=base)
     by_name = {s["name"]: s for s in manifest["shards"]}
     if listed is None:
@@ -123,8 +126,9 @@ def _count_local(url: str) -> int:
     count = sum(1 for _ in reader.samples(exts=frozenset()))
     if reader.fault is not None and reader.last is None:
         raise BioscanError(f"{url} is not a tar shard ({reader.fault.detail}) and has no manifest.json beside it")
-    if reader.error() is not None:
-        raise reader.error()
+    error = reader.error()
+    if error is not None:
+        raise error
     return count
 
 

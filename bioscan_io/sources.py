@@ -166,7 +166,7 @@ def image_keys(table: pa.Table, rows: np.ndarray) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(sub.column("split"), chunk, name, text("/"), null_handling="skip")
 
 
-def open_images(root: Path, package: str, images=None, progress: bool = False) -> FolderImages | ZipImages:
+def open_images(root: Path | None, package: str, images=None, progress: bool = False) -> FolderImages | ZipImages:
     """Where the images of ``package`` come from.
 
     ``images`` when given (one folder, or zip archives); else the root's package
@@ -175,6 +175,8 @@ def open_images(root: Path, package: str, images=None, progress: bool = False) -
     """
     if images is not None:
         return _given_images(images, package, progress)
+    if root is None:
+        raise BioscanError(f"no images of package {package!r}: no dataset root and no --images given")
     folder = root / IMAGES_DIR / package
     if folder.is_dir():
         return FolderImages(folder)
@@ -364,7 +366,9 @@ class _Archives:
     """The zip archives one shard task reads from, opened on first use and closed together."""
 
     def __init__(self, paths: list[str]):
-        self.paths, self.fds, self.zips = paths, {}, {}
+        self.paths = paths
+        self.fds: dict = {}
+        self.zips: dict = {}
 
     def read(self, i: int, n: int, offset: int) -> bytes:
         """``n`` bytes of archive ``i`` from ``offset`` (fewer at the end of the file)."""
@@ -407,7 +411,7 @@ def _read_member(archives: _Archives, member: tuple, pid: str) -> bytes | memory
     if len(buf) < _LOCAL or buf[:4] != b"PK\x03\x04":
         raise _corrupt(path, f"no local header for the image of record {pid} at byte {offset}")
     start = _LOCAL + sum(struct.unpack_from("<2H", buf, 26))  # the local name and extra field lengths
-    data = memoryview(buf)[start:start + csize]
+    data: bytes | memoryview = memoryview(buf)[start:start + csize]
     if len(data) < csize:
         data = archives.read(i, csize, offset + start)
         if len(data) < csize:

@@ -29,7 +29,7 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -138,7 +138,7 @@ class TokenizerConfig:
     random_offset: bool = False
     token_dtype: torch.dtype = torch.int64
     mask_ratios: tuple = DEFAULT_MASK_RATIOS
-    tokenizer: object = None
+    tokenizer: Any = None  # KmerTokenizer's interface (VocabTokenizer...); resolved by TokenizerConfig
 
     from_options = classmethod(_from_options)
 
@@ -271,6 +271,7 @@ class Task:
 
     def _text_tokens(self, texts: list[str]) -> dict:
         """``text_input_ids``, ``text_attention_mask`` (...) of the batch's strings: one tokenizer call."""
+        assert self.text is not None  # called only when the task has text
         got = self.text(texts)
         first = next(iter(got.values()))
         out = handover.empty_array((len(got), *first.shape), np.int64)

@@ -101,7 +101,8 @@ def check_extra_shards(folder: Path, manifest: dict) -> list[Problem]:
     A glob or brace pattern over the folder would read it, though loaders given
     the folder would not: two views of the split that disagree.
     """
-    shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else []
+    raw = manifest.get("shards")
+    shards = raw if isinstance(raw, list) else []
     listed = {e.get("name") for e in shards if isinstance(e, dict)}
     return [Problem("extra_shard", shard=path.name, detail="not listed in the manifest")
             for path in sorted(folder.glob("*.tar")) if path.name not in listed]
@@ -308,7 +309,8 @@ def _verify(folder: Path, root, metadata, images: bool, progress: bool) -> Verif
     problems += check_extra_shards(folder, manifest)
 
     meta_path = _metadata_path(manifest, root, metadata)
-    splits = manifest.get("splits") if isinstance(manifest.get("splits"), list) else []
+    raw = manifest.get("splits")
+    splits = raw if isinstance(raw, list) else []
     with tempfile.TemporaryDirectory(prefix="bioscan-io-verify-") as cache:
         records = Records(meta_path, splits, indexed=manifest.get("format_version", 1) >= 2, cache_dir=cache)
         report.metadata = str(meta_path)
@@ -324,7 +326,7 @@ def _check_against(folder: Path, manifest: dict, entries: list[dict], records: R
     package = _source(manifest).get("package")
     if images and package not in PACKAGES:
         raise BioscanError(f"the manifest names no known image package ({package!r}), needed for --images")
-    image_source = _image_source(manifest, root, package) if images else None
+    image_source = _image_source(manifest, root, str(package)) if images else None
 
     present = [e for e in entries if (folder / e["name"]).is_file()]
     seen = Seen(records.lookup)
@@ -453,4 +455,4 @@ def whole_sample_at_fault(path: Path, index: int, key: str | None) -> Sample | N
         if found.n != 1 or keys[0].as_py() != key or not all(present[ext][0] for ext in MEMBERS):
             return None
         start = min(int(found.spans()[ext][0][0]) for ext in MEMBERS) - 512  # the first member's header
-        return Sample(key, start, [(ext, values[ext][0].as_py()) for ext in MEMBERS])
+        return Sample(str(key), start, [(ext, values[ext][0].as_py()) for ext in MEMBERS])

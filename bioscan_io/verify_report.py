@@ -113,8 +113,8 @@ class VerifyReport:
         if len(self.problems) > limit:
             out.append(f"... and {len(self.problems) - limit:,} more")
         if self.ok:
-            counts = f"{plural(self.samples, 'sample')} in {plural(self.shards, 'shard')}"
-            out.append(f"verify: {self.folder}: OK ({counts})")
+            read = f"{plural(self.samples, 'sample')} in {plural(self.shards, 'shard')}"
+            out.append(f"verify: {self.folder}: OK ({read})")
         else:
             counts: dict[str, int] = {}
             for p in self.problems:

@@ -90,7 +90,8 @@ def _from_tokens(tokens: list, unk_token: str) -> tokenizers.Tokenizer:
     else:
         if unk is None:
             raise BioscanError(f"vocab list of multi-character tokens needs an {unk_token} token")
-        model = tokenizers.models.Unigram([(t, -1.0) for t in tokens], unk_id=index[unk], byte_fallback=False)
+        unigram = tokenizers.models.Unigram([(t, -1.0) for t in tokens], unk_id=index[unk], byte_fallback=False)
+        model = unigram  # type: ignore[assignment]  # both are tokenizers Models
     tok = tokenizers.Tokenizer(model)
     tok.add_special_tokens(special)  # already in the vocabulary: ids unchanged
     return tok
@@ -315,7 +316,7 @@ class VocabTokenizer:
             starts = c.starts + offs[r0:r1] if len(offs) else c.starts
             starts = np.minimum(starts, c.ends)
             ends = np.minimum(c.ends, starts + self.max_len)
-            view = memoryview(c.data)
+            view = memoryview(c.data)  # type: ignore[arg-type]  # numpy arrays are buffers
             rows += [view[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
         return rows
 

@@ -82,6 +82,7 @@ def write_shard(task: tuple) -> ShardInfo:
         info = ShardInfo(name, len(records), tar.bytes, tar.sha256.hexdigest())
         keys = [rec["processid"] for rec in records]
         dna = [rec["dna_barcode"] or "" for rec in records]
+        assert _LABELS is not None  # set by init_worker (or its error raised above)
         index = build_index(keys, spans, dna, table.select(RECORD_FIELDS), _LABELS, info.describes())
         info.index = write_index(os.path.join(folder, index_name(name)), index)
     return info

@@ -311,9 +311,9 @@ def _embed_all(models: Mapping, forwards: Mapping, loader, device: torch.device,
         for m, block in blocks.items():
             chunks[m].append(block.cpu().numpy())
         pids.extend(batch_pids)
-        ranks = ranks.cpu().numpy().astype(np.int64)
+        codes = ranks.cpu().numpy().astype(np.int64)
         for j, r in enumerate(RANKS):
-            labels[r].append(ranks[:, j])
+            labels[r].append(codes[:, j])
     return chunks, pids, labels
 
 

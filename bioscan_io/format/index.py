@@ -280,7 +280,8 @@ def index_split(folder: str | os.PathLike) -> int:
     if not labels_file.is_file():
         raise BioscanError(f"no labels.json at {labels_file}: bioscan-shard writes it beside the split folders; "
                            "copy it there from the shards' output folder")
-    labels = {rank: SortedKeys(values) for rank, values in read_labels(labels_file.read_text(encoding="utf-8")).items()}
+    ranks = read_labels(labels_file.read_text(encoding="utf-8")) or {}
+    labels = {rank: SortedKeys(values) for rank, values in ranks.items()}
     for entry in entries:
         shard = folder / entry["name"]
         if not shard.is_file():

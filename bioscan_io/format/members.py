@@ -88,7 +88,8 @@ def parse_records(column: pa.Array, fields: tuple[str, ...]) -> tuple[pa.Table, 
             return table.combine_chunks(), []
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
-    values, bad = {f: [] for f in fields}, []
+    values: dict[str, list] = {f: [] for f in fields}
+    bad: list = []
     for i, data in enumerate(column.to_pylist()):
         try:
             row = _string_fields(data, fields)

@@ -314,6 +314,8 @@ def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str 
         block["record"] = pa.StructArray.from_arrays(
             [part.column(f).combine_chunks() for f in RECORD_FIELDS], names=list(RECORD_FIELDS))
     if "jpg" in exts and len(rows):
+        if tar is None or name is None:
+            raise ValueError("take_indexed: images are read from the shard, so its path (tar) is needed")
         try:
             mm = _map(tar, name)
             try:

@@ -159,7 +159,7 @@ class TarReader:
         with raw:
             f = _HashingReader(raw) if self.hash else raw
             yield from self._walk(f, start, stop, exts)
-            if self.hash:
+            if isinstance(f, _HashingReader):
                 self.sha256 = f.drain()
 
     def _walk(self, f, start: int, stop: int | None, exts):
@@ -168,7 +168,7 @@ class TarReader:
             with tarfile.open(fileobj=f, mode="r|") as tar:
                 for info in tar:
                     # tarfile keeps every TarInfo it has read; members are read once, in order.
-                    tar.members = []
+                    tar.members = []  # type: ignore[attr-defined]  # tarfile's own list, not public
                     if exts is not None and not info.isfile():
                         continue  # a loader's read skips links and folders, as webdataset does
                     key, ext = split_member_name(info.name)
@@ -181,7 +181,8 @@ class TarReader:
                     self.last = info.name
                     if index >= start:
                         wanted = info.isfile() and (exts is None or ext in exts)
-                        current.members.append((ext, tar.extractfile(info).read() if wanted else None))
+                        payload = tar.extractfile(info) if wanted else None
+                        current.members.append((ext, payload.read() if payload is not None else None))
                 end = tar.offset
         except (tarfile.TarError, EOFError, OSError) as exc:
             self.fault = self._read_fault(exc, current)

@@ -28,7 +28,7 @@ _BARCODE_LENGTH = 658
 _CODON_W = np.array([0.35, 0.15, 2.5])  # 3rd codon positions mutate most
 _CODON_W = _CODON_W / _CODON_W.mean()
 _POS_W = np.resize(_CODON_W, _CONSENSUS_LENGTH)
-_THRESHOLDS = {}  # mutation rate -> rate * _POS_W, the draws below which a base mutates
+_THRESHOLDS: dict[float, np.ndarray] = {}  # mutation rate -> rate * _POS_W, the draws below which a base mutates
 _TO_ASCII = bytes.maketrans(bytes(range(4)), b"ACGT")
 
 # A difference from the genus' sequence, packed in a uint16: position | base << 11.

@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 import os
 from bisect import bisect_right
+from typing import Any
 
 import numpy as np
 
@@ -82,4 +83,4 @@ def _trim_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-_MALLOC_TRIM = None
+_MALLOC_TRIM: Any = None  # libc's malloc_trim, False where there is none, None before the first call

@@ -203,6 +203,7 @@ def generate(
             if images:
                 from .images import _ImageWriter  # imports PIL, which the metadata alone does not need
 
+                assert images_dir is not None
                 _make_image_folders(images_dir)
                 writer = _ImageWriter(root, package, seed, workers, image_pool, n_records, advance)
             _write_records(root, n_records, seed, official_splits, _chunk_size, workers, writer, advance)
@@ -224,9 +225,9 @@ def generate(
         jsonld_path=jsonld_path,
         images_dir=images_dir,
         n_images=n_records if images else 0,
-        image_bytes=writer.bytes if images else 0,
+        image_bytes=writer.bytes if writer is not None else 0,
         seconds=time.perf_counter() - t0,
-        n_rendered=writer.n_rendered if images else 0,
+        n_rendered=writer.n_rendered if writer is not None else 0,
     )
 
 

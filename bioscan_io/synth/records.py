@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,9 +104,10 @@ class _Plan:
     depth: np.ndarray
     slot: np.ndarray
     rrng: np.random.Generator
-    bin_missing: np.ndarray | None = None
-    m: dict | None = None
-    geo: tuple | None = None
+    # set by _plan_rest before any row is made (Any: not None from then on)
+    bin_missing: Any = None
+    m: Any = None
+    geo: Any = None
 
 
 def _draw_splits(counts, seed, tax):
@@ -231,7 +233,7 @@ class _Labeller:
     def __init__(self, plan: _Plan):
         self.names, self.genera = plan.tax.names, plan.tax.genera
         self.genus = plan.species_cols["genus"].tolist()
-        self.cache = {}
+        self.cache: dict = {}
 
     def __call__(self, sp, depth):
         """The values of TAXONOMIC_RANKS and the taxon, and how many of the ranks are known."""

@@ -256,7 +256,7 @@ def _fill_group(out, rng, counts, pool, n_forced, key, followers):
 
 def _assign_species(counts, tax: _Taxonomy, rng) -> dict:
     """Hidden true species (ids) of every record, per split (an array in split order)."""
-    out = {}
+    out: dict = {}
     n_train = counts["train"]
     stress = [tax.seen(name) for name in _STRESS_SEEN_SPECIES]
     seen_pool = _pool(rng, stress + [tax.seen() for _ in range(max(4, n_train // 5))])

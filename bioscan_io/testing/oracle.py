@@ -228,7 +228,7 @@ def mask_row(
             labels.append(rank if ok else IGNORE_INDEX)
         if selected:
             action, j = mask_action(key, t, mask_ratios, len(maskable))
-            ids[t] = mask_id if action == MASK else maskable[j] if action == RANDOM else v
+            ids[t] = mask_id if action == MASK else maskable[j] if action == RANDOM and j is not None else v
     return ids, labels
 
 
