@@ -274,10 +274,9 @@ def _validate(table: pa.Table, path: Path) -> None:
         more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
         raise BioscanError(f"metadata {path}: duplicate processid {names}{more}")
     split = table.column("split")
-    unknown = pc.invert(pc.is_in(split, value_set=pa.array(SPLITS)))
-    unknown = pc.fill_null(unknown, True)
+    unknown = pc.fill_null(pc.invert(pc.is_in(split, value_set=pa.array(SPLITS))), True)
     if pc.any(unknown).as_py():
-        row = int(np.flatnonzero(unknown.to_numpy(zero_copy_only=False))[0])
+        row = _first_true(unknown)
         value = split[row].as_py()
         raise BioscanError(
             f"metadata {path}: record {row + 1} ({pid[row].as_py()}) has unknown split {value!r}; "

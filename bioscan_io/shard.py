@@ -456,16 +456,19 @@ def shard_split(
     return summary
 
 
+#: The least value of each whole-number option.
+_LEAST = {"maxcount": 1, "maxsize": 1, "workers": 1, "seed": 0}
+
+
 def _check_options(split: str, options: ShardOptions) -> None:
     """Refuse what no run could use, before anything is read or written."""
     expand_split(split)
     if options.package not in PACKAGES:
         raise BioscanError(f"unknown image package {options.package!r}; valid packages are {', '.join(PACKAGES)}")
-    for name in ("maxcount", "maxsize", "workers", "seed"):
+    for name, least in _LEAST.items():
         value = getattr(options, name)
-        if name == "workers" and value is None:
-            continue
-        least = 0 if name == "seed" else 1
+        if value is None and name == "workers":
+            continue  # the default: one per CPU
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             kind = "a whole number >= 0" if least == 0 else "a positive whole number"
             raise BioscanError(f"{name} must be {kind}; got {value!r}")

@@ -191,7 +191,7 @@ def publish(files: list[tuple[Path, str, int | None]], url: str, storage_options
     list of str
         The names uploaded (those already there are not).
     """
-    put = _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
+    put = _put(url, storage_options)
     uploaded = []
     try:
         for local, name, size in files:
@@ -212,18 +212,19 @@ def check_destination(url: str, storage_options: dict | None = None) -> None:
     split's sharding first. Whether the bucket exists and may be written is found
     by the upload itself.
     """
+    _put(url, storage_options)
+
+
+def _put(url: str, storage_options: dict | None):
+    """``put(local, name, size)`` for ``url``: through a ``pipe:`` command or to an fsspec URL."""
     if url.startswith(_WDS_SCHEMES):
         raise BioscanError(f"cannot write shards to {url}: writing needs an fsspec URL (s3://, gs://, ...) "
                            "or a pipe: command")
-    if url.startswith("pipe:"):
-        _pipe_put(url)
-    else:
-        _fs(url, storage_options)
+    return _pipe_put(url) if url.startswith("pipe:") else _fsspec_put(url, storage_options)
 
 
 def _fsspec_put(url: str, storage_options: dict | None):
     """``put(local, name, size)`` to an fsspec URL; False when a shard of that size is already there."""
-    check_destination(url, storage_options)
     fs, base = _fs(url, storage_options)
     made: set[str] = set()
 

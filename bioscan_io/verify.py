@@ -47,7 +47,7 @@ from .sources import open_images
 from .verify_records import (Records, Seen, check_duplicates, check_fields, check_images, check_metadata_sha,
                              check_missing, check_skipped, check_unknown)
 from .verify_report import KINDS, Problem, VerifyReport
-from .verify_served import samples_past_fault, unserved
+from .verify_served import Served
 from .wording import os_error_text, plural
 
 __all__ = ["KINDS", "Problem", "VerifyReport", "verify_split", "verify_shard"]
@@ -379,6 +379,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: 
     shard = entry["name"]
     problems: list[Problem] = []
     reader = TarReader(path, name=str(path), hash=True)
+    served = Served(path, entry)  # the shard's index, loaded once
     kept = _Kept()
     read = 0
     for sample in reader.samples():
@@ -394,7 +395,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: 
             key = None  # the fault follows this sample; it lies in none
         problems.append(Problem(f"{fault.kind}_tar", shard=shard, key=key, detail=fault.detail))
         # A loader with an index reads on past the fault: the samples it serves are read and checked too.
-        for sample in samples_past_fault(path, entry, read):
+        for sample in served.samples_past_fault(read):
             read += 1
             problems += check_sample(sample, shard, kept, images is not None)
     else:  # a walk cut short would only repeat the tar problem as a count
@@ -404,7 +405,7 @@ def verify_shard(path: Path, entry: dict, records: Records, seen: Seen, report: 
     sound = path.stat().st_size == entry["bytes"] and reader.sha256 == entry["sha256"] and fault is None
     if path.stat().st_size == entry["bytes"]:
         problems += check_sha256(entry, reader.sha256)
-    duplicates, new = check_duplicates(kept.keys, shard, seen, unserved(path, entry, kept.keys))
+    duplicates, new = check_duplicates(kept.keys, shard, seen, served.unserved(kept.keys))
     problems += duplicates  # compared with the metadata the first time each was read
     keys, jsons, digests = kept.first(new)
     if records.splits:

@@ -5,16 +5,16 @@ on_error="skip")`` would not serve it to a task that reads the tar (images, or
 every task on shards without an index), so that its count is what such a loader
 loses. Besides the records in no shard, that is:
 
-* every sample of a shard the loader skips whole (:func:`refusal`): with an
+* every sample of a shard the loader skips whole (:attr:`Served.refusal`): with an
   index (format version 2), a tar of another byte size than the manifest lists
   (cut, garbage appended, replaced), or an index the loader refuses (missing,
   unreadable, other bytes or sha256, describing another shard or sample count);
 * past a fault in a shard of the right size, the samples the loader cannot
   read: through the tar headers (no index) every sample from the fault on,
   which ``verify``'s own walk loses too; through an index, none but those
-  below (``verify`` reads on too: :func:`samples_past_fault`);
+  below (``verify`` reads on too: :meth:`Served.samples_past_fault`);
 * through an index, the samples whose image does not follow its own tar
-  header at the offset the index gives (:func:`unserved`);
+  header at the offset the index gives (:meth:`Served.unserved`);
 * through the tar headers, the samples past the count the manifest lists:
   the plan never asks for them.
 
@@ -31,19 +31,11 @@ from .format import MEMBERS, Sample, load_index
 from .format.scan import jpg_headers_ok
 from .schema import BioscanError
 
-__all__ = ["refusal", "unserved", "samples_past_fault"]
+__all__ = ["Served"]
 
 
-def _index_path(path: Path, entry: dict) -> Path | None:
-    """The index file a loader reads for the shard, or None: read through its tar headers."""
-    listed = entry.get("index")
-    if not isinstance(listed, dict) or not isinstance(listed.get("name"), str):
-        return None
-    return path.parent / listed["name"]
-
-
-def refusal(path: Path, entry: dict) -> str | None:
-    """Why a loader that reads the tar skips the shard at ``path`` whole, or None when it reads it.
+class Served:
+    """What a loader that reads the tar serves of one shard; its index loaded (and checked) once.
 
     Parameters
     ----------
@@ -51,93 +43,95 @@ def refusal(path: Path, entry: dict) -> str | None:
         The shard, present in the folder.
     entry : dict
         Its manifest entry.
-
-    Returns
-    -------
-    str or None
-        The words for the ``missing_record`` detail: ``"which a loader reading
-        images skips whole: 373760 bytes, the manifest says 747520"`` or
-        ``"which a loader skips whole: shard index ... is missing ..."``.
     """
-    index = _index_path(path, entry)
-    if index is None:  # the header walk loses samples from a fault on, never a whole shard
-        return None
-    size = path.stat().st_size
-    if size != entry["bytes"]:  # the index describes another tar: no image offset can be trusted
-        return f"which a loader reading images skips whole: {size} bytes, the manifest says {entry['bytes']}"
-    try:
-        load_index(str(index), entry)  # the loader's own checks, every task alike
-    except BioscanError as exc:
-        return f"which a loader skips whole: {exc}"
-    return None
 
+    def __init__(self, path: Path, entry: dict):
+        self.path, self.entry = path, entry
+        self.refusal, self.table = self._load()
 
-def unserved(path: Path, entry: dict, keys: list[str]) -> list[str | None] | None:
-    """For each key read from a shard, why a loader that reads the tar does not serve it (None: it does).
+    def _load(self):
+        """``(why a loader skips the shard whole, or None; its index table, or None)``.
 
-    None for the whole list when it serves them all. Every key of a shard the
-    loader skips whole (:func:`refusal`); through the tar headers, the keys past
-    the count the manifest lists (the plan asks for no more; with an index, a
-    count that differs from the index's is a refusal); through an index, the
-    keys whose image is not where the index puts it (:func:`_misplaced`).
-    """
-    refused = refusal(path, entry)
-    if refused is not None:
-        return [refused] * len(keys)
-    if _index_path(path, entry) is None:
-        listed = entry["count"]
-        if len(keys) <= listed:
+        The words are the ``missing_record`` detail: ``"which a loader reading
+        images skips whole: 373760 bytes, the manifest says 747520"`` or ``"which a
+        loader skips whole: shard index ... is missing ..."``. Without an index the
+        header walk loses samples from a fault on, never a whole shard.
+        """
+        listed = self.entry.get("index")
+        if not isinstance(listed, dict) or not isinstance(listed.get("name"), str):
+            return None, None
+        size = self.path.stat().st_size
+        if size != self.entry["bytes"]:  # the index describes another tar: no image offset can be trusted
+            return f"which a loader reading images skips whole: {size} bytes, the manifest says " \
+                   f"{self.entry['bytes']}", None
+        try:
+            return None, load_index(str(self.path.parent / listed["name"]), self.entry)  # the loader's checks
+        except BioscanError as exc:
+            return f"which a loader skips whole: {exc}", None
+
+    def unserved(self, keys: list[str]) -> list[str | None] | None:
+        """For each key read from the shard, why a loader that reads the tar does not serve it (None: it does).
+
+        None for the whole list when it serves them all. Every key of a shard the
+        loader skips whole (:attr:`refusal`); through the tar headers, the keys past
+        the count the manifest lists (the plan asks for no more; with an index, a
+        count that differs from the index's is a refusal); through an index, the
+        keys whose image is not where the index puts it (:meth:`_misplaced`: an
+        index that matches its manifest entry can still be stale).
+        """
+        if self.refusal is not None:
+            return [self.refusal] * len(keys)
+        if self.table is None:
+            listed = self.entry["count"]
+            if len(keys) <= listed:
+                return None
+            why = f"which a loader does not read: past the {listed} samples the manifest lists"
+            return [None] * listed + [why] * (len(keys) - listed)
+        misplaced = self._misplaced()
+        if not misplaced:
             return None
-        return [None] * listed + [f"which a loader does not read: past the {listed} samples the manifest lists"] * (
-            len(keys) - listed)
-    misplaced = _misplaced(path, entry)
-    if not misplaced:
-        return None
-    why = "whose image a loader does not find where the index puts it (a damaged tar header, or a stale index)"
-    return [why if key in misplaced else None for key in keys]
+        why = "whose image a loader does not find where the index puts it (a damaged tar header, or a stale index)"
+        return [why if key in misplaced else None for key in keys]
 
+    def _misplaced(self) -> set[str]:
+        """The keys whose image does not follow its own tar header at the index's offset."""
+        table = self.table
+        if table is None or not len(table):
+            return set()
+        keys = table.column("processid").to_pylist()
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            good = jpg_headers_ok(mm, keys, table.column("jpg_offset").to_numpy())
+        finally:
+            mm.close()
+        return {key for key, ok in zip(keys, good.tolist()) if not ok}
 
-def _misplaced(path: Path, entry: dict) -> set[str]:
-    """The keys of an indexed shard whose image does not follow its own tar header at the index's offset."""
-    table = load_index(str(_index_path(path, entry)), entry)
-    if not len(table):
-        return set()
-    keys = table.column("processid").to_pylist()
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-    try:
-        good = jpg_headers_ok(mm, keys, table.column("jpg_offset").to_numpy())
-    finally:
-        mm.close()
-    return {key for key, ok in zip(keys, good.tolist()) if not ok}
+    def samples_past_fault(self, start: int):
+        """Samples ``start`` onwards of an indexed shard, read at the offsets its index gives.
 
-
-def samples_past_fault(path: Path, entry: dict, start: int):
-    """Samples ``start`` onwards of an indexed shard, read at the offsets its index gives.
-
-    A loader with an index reads past a damaged tar header: each image at its
-    offset (lost only when it does not follow its own header, which
-    :func:`unserved` tells), the rest from the index. Yields the samples in
-    shard order, for ``verify`` to check as read; nothing for a shard without
-    an index (the header walk stops at the fault) or one a loader refuses
-    (:func:`refusal`: all of it is lost).
-    """
-    index = _index_path(path, entry)
-    if index is None or refusal(path, entry) is not None:
-        return
-    table = load_index(str(index), entry).slice(start)
-    if not len(table):
-        return
-    keys = table.column("processid").to_pylist()
-    spans = {ext: (table.column(f"{ext}_offset").to_numpy(), table.column(f"{ext}_size").to_numpy())
-             for ext in MEMBERS}
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-    try:
-        for i, key in enumerate(keys):
-            yield _sample_at(mm, key, {ext: (int(at[i]), int(size[i])) for ext, (at, size) in spans.items()})
-    finally:
-        mm.close()
+        A loader with an index reads past a damaged tar header: each image at its
+        offset (lost only when it does not follow its own header, which
+        :meth:`unserved` tells), the rest from the index. Yields the samples in
+        shard order, for ``verify`` to check as read; nothing for a shard without
+        an index (the header walk stops at the fault) or one a loader refuses
+        (all of it is lost).
+        """
+        if self.table is None:
+            return
+        table = self.table.slice(start)
+        if not len(table):
+            return
+        keys = table.column("processid").to_pylist()
+        spans = {ext: (table.column(f"{ext}_offset").to_numpy(), table.column(f"{ext}_size").to_numpy())
+                 for ext in MEMBERS}
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            for i, key in enumerate(keys):
+                yield _sample_at(mm, key, {ext: (int(at[i]), int(size[i])) for ext, (at, size) in spans.items()})
+        finally:
+            mm.close()
 
 
 def _sample_at(mm, key: str, spans: dict) -> Sample:

@@ -28,7 +28,7 @@ from .format import (MEMBERS, RECORD_FIELDS, ShardInfo, TarSink, build_index, in
                      sample_payloads, write_index)
 from .sources import image_reader
 
-__all__ = ["run", "write_shard", "hash_existing", "labels_file", "init_worker"]
+__all__ = ["run", "write_shard", "hash_existing", "init_worker"]
 
 
 # Each writer process's metadata and label values (for the index), both memory-mapped.
@@ -36,7 +36,7 @@ _TABLE: pa.Table | None = None
 _LABELS: dict | None = None
 
 
-def labels_file(cache: Path) -> Path:
+def _labels_file(cache: Path) -> Path:
     """Where the run keeps the label values for its writers, beside the metadata cache."""
     return cache.with_suffix(".labels.arrow")
 
@@ -109,7 +109,7 @@ def run(tasks, count: int, finished: dict, *, split: str, records: int, cache: P
     memory would grow with the metadata; a spawned one holds its shard's rows
     and the memory map's pages it reads.
     """
-    values = labels_file(cache)
+    values = _labels_file(cache)
     md.save_label_values(labels, values)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
