@@ -9,7 +9,9 @@ The data path, module by module: ``schema`` (the dataset's facts) ->
 ``metadata`` + ``sources`` (records and images) -> ``shard`` (plan, write,
 describe) -> ``format`` (the shard format) -> ``loader`` + ``tasks`` (epochs,
 batches) with ``tokenizer`` / ``vocab_tokenizer``, ``images`` and ``text``
-(the per-batch work); ``recipes`` holds the model family's settings.
+(the per-batch work); ``recipes`` holds the model family's settings;
+``splits`` builds the loaders of several splits at once (``make_loaders``), and
+``lightning`` wraps them as a Lightning ``BioscanDataModule`` (``[lightning]`` extra).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that owns it.
 _API = {
     "make_loader": "loader",
+    "make_loaders": "splits",
     "BioscanLoader": "loader",
     "KmerTokenizer": "tokenizer",
     "VocabTokenizer": "vocab_tokenizer",
