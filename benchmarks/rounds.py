@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-__all__ = ["interleaved", "paired", "fmt", "run_interleaved", "LoaderEpochs"]
+__all__ = ["interleaved", "one_round", "paired", "fmt", "run_interleaved", "LoaderEpochs"]
 
 
 class LoaderEpochs:
@@ -38,16 +38,25 @@ class LoaderEpochs:
 
 def interleaved(pipes: dict, rounds: int) -> dict[str, list[float]]:
     """Seconds per epoch of each pipeline, one epoch each per round, rotating the order."""
-    names = list(pipes)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    expected = None
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            seconds, n = pipes[k].epoch()
-            expected = n if expected is None else expected
-            assert n == expected, (k, n, expected)
-            times[k].append(seconds)
+    times: dict[str, list[float]] = {k: [] for k in pipes}
+    for _ in range(rounds):
+        one_round(pipes, times)
     return times
+
+
+def one_round(pipes: dict, times: dict[str, list[float]]) -> None:
+    """One epoch of each pipeline, appended to ``times``; round ``r`` (rounds so far) starts at pipeline ``r``.
+
+    Every pipeline must yield as many samples as the others.
+    """
+    names = list(pipes)
+    r = len(times[names[0]])
+    expected = None
+    for k in names[r % len(names):] + names[: r % len(names)]:
+        seconds, n = pipes[k].epoch()
+        expected = n if expected is None else expected
+        assert n == expected, (k, n, expected)
+        times[k].append(seconds)
 
 
 def run_interleaved(rounds: int, **makers) -> dict[str, list[float]]:

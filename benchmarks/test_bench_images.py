@@ -31,6 +31,18 @@ augment and its worker scaling are ``test_bench_loader.py``'s image part. Larger
 packages: ``original_full`` (1024x768 generated images, ``BIOSCAN_BENCH_FULL_IMAGES``,
 default 768) through the loader and both per-file baselines (reported, no target).
 
+float32 normalised batches (issue 27), ``test_target_float32``, ``num_workers=0``, torch on one
+thread for every pipeline: ``make_loader(..., image_dtype="float32")`` against the same loader's
+uint8 batches and against what a torchvision user writes -- ``RandomResizedCrop(224)`` +
+``RandomHorizontalFlip()`` + ``ToTensor()`` + ``Normalize(mean, std)`` (torchvision's own
+transforms) on PIL images read LitData-style (the JPEG bytes packed into ~64 MB chunk files with
+an offsets header, each item read from its chunk and decoded, ``write_chunks`` / ``ChunkImages``)
+or per file from the official layout, ``DataLoader(shuffle=True)`` with the default collate.
+Targets, asserted with ``BIOSCAN_BENCH_STRICT=1`` on the medians of per-round time ratios:
+float32 >= 0.85x the uint8 rate, >= 1.8x LitData-style and per-file::
+
+    BIOSCAN_BENCH_STRICT=1 python -m pytest benchmarks/test_bench_images.py -k float32 -s -q
+
 ``pytest benchmarks --benchmark-disable`` (CI) runs everything once on 256 records as a
 smoke test (no stock Pillow, nothing asserted). ``BIOSCAN_BENCH_IMAGES`` (records,
 default 4096), ``BIOSCAN_BENCH_ROUNDS`` (interleaved rounds, default 5),
@@ -214,12 +226,13 @@ def ensure_stock_pillow() -> str | None:
 # ----------------------------------------------------------------------------- bioscan-io pipelines
 
 
-def OurLoader(shards, workers: int, batch_size: int, seed: int = 0) -> LoaderEpochs:
-    """make_loader(task="classify", modality="image") as a timed pipeline."""
+def OurLoader(shards, workers: int, batch_size: int, seed: int = 0, **options) -> LoaderEpochs:
+    """make_loader(task="classify", modality="image", **options) as a timed pipeline."""
     from bioscan_io.loader import make_loader
 
     return LoaderEpochs(make_loader(shards, "classify", modality="image", batch_size=batch_size,
-                                    num_workers=workers, seed=seed, persistent_workers=True if workers else None))
+                                    num_workers=workers, seed=seed, persistent_workers=True if workers else None,
+                                    **options))
 
 
 class PureDecodeAugment:
@@ -247,6 +260,124 @@ class PureDecodeAugment:
 
     def close(self):
         pass
+
+
+# ----------------------------------------------------------------------------- float32 baselines (issue 27)
+# What a torchvision user writes: RandomResizedCrop(224) + RandomHorizontalFlip() + ToTensor() + Normalize(mean, std)
+# (torchvision's own transforms), PIL decoding (pillow-simd here), DataLoader(shuffle=True) + the default collate.
+
+
+def _torchvision_float_chain():
+    """torchvision's ``Compose`` for the float32 baselines (None without torchvision)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tv_shim import load_torchvision
+
+    from bioscan_io.schema import RGB_MEAN, RGB_STD
+
+    tv = load_torchvision()
+    if tv is None:
+        return None
+    T = tv.transforms
+    return T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(list(RGB_MEAN), list(RGB_STD))])
+
+
+def write_chunks(jpegs: list[bytes], folder: Path, chunk_bytes: int = 64 << 20) -> list[Path]:
+    """The JPEG bytes in LitData-style chunk files: ``uint32 n, uint32 offsets[n + 1]``, then the items.
+
+    LitData's ``optimize`` packs samples into chunk files of about 64 MB, whose
+    header holds the item count and offsets; ``StreamingDataset`` reads an
+    item's bytes from its chunk and decodes them (PIL) before the user's
+    transform. Written out here (``litdata`` itself is not a dependency).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, chunk, size = [], [], 0
+
+    def flush():
+        offsets = np.cumsum([0] + [len(b) for b in chunk], dtype=np.uint64)
+        head = 4 * (len(chunk) + 2)
+        path = folder / f"chunk-0-{len(paths)}.bin"
+        with open(path, "wb") as f:
+            f.write(np.array([len(chunk)], np.uint32).tobytes() + (offsets + head).astype(np.uint32).tobytes())
+            f.write(b"".join(chunk))
+        paths.append(path)
+
+    for data in jpegs:
+        if chunk and size + len(data) > chunk_bytes:
+            flush()
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    if chunk:
+        flush()
+    return paths
+
+
+class ChunkImages(torch.utils.data.Dataset):
+    """LitData-style reading: each item's bytes read from its chunk file, ``PIL.Image.open`` on them, the chain."""
+
+    def __init__(self, chunks: list[Path], labels: list[int], transform):
+        self.where, self.labels, self.transform = [], labels, transform
+        self.chunks = [str(p) for p in chunks]
+        self._files: dict = {}
+        for c, path in enumerate(chunks):
+            with open(path, "rb") as f:
+                n = int(np.frombuffer(f.read(4), np.uint32)[0])
+                offsets = np.frombuffer(f.read(4 * (n + 1)), np.uint32)
+            self.where += [(c, int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, index: int):
+        import io
+
+        from PIL import Image
+
+        c, start, end = self.where[index]
+        f = self._files.get(c)
+        if f is None:  # opened once per process (as LitData keeps its chunk open)
+            f = self._files[c] = open(self.chunks[c], "rb")
+        f.seek(start)
+        img = Image.open(io.BytesIO(f.read(end - start))).convert("RGB")
+        return self.transform(img), self.labels[index]
+
+
+class PerFileFloat(torch.utils.data.Dataset):
+    """The per-file baseline with ToTensor + Normalize: ``PIL.Image.open(path)``, torchvision's chain."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.open(self.paths[index]).convert("RGB")), self.labels[index]
+
+
+class MapStyleLoader:
+    """A map-style Dataset under ``DataLoader(shuffle=True)`` with the default collate, one epoch per call."""
+
+    def __init__(self, name: str, dataset, workers: int, batch_size: int, seed: int = 0):
+        self.name = name
+        gen = torch.Generator().manual_seed(seed)
+        kw = {"persistent_workers": True} if workers else {}
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                                  num_workers=workers, generator=gen, **kw)
+        self.epoch()  # warm
+
+    def epoch(self) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        n = 0
+        for x, _y in self.loader:
+            n += len(x)
+        return time.perf_counter() - t0, n
+
+    def close(self):
+        del self.loader
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -367,6 +498,78 @@ if __name__ != "__main__":
         if STRICT and workers == 0:
             assert "stock" in t, f"stock-Pillow baseline needed for the target: {skipped}"
             assert ratio >= TARGET_SPEEDUP, f"{ratio:.2f}x < {TARGET_SPEEDUP}x per-file stock Pillow"
+
+    # ------------------------------------------------------------------------- float32 output (issue 27)
+
+    @pytest.fixture(scope="module")
+    def float_chain(data):
+        chain = _torchvision_float_chain()
+        if chain is None:
+            pytest.skip("float32 baselines need torchvision (ToTensor + Normalize)")
+        return {"transform": chain, "chunks": write_chunks(data["jpegs"], data["config_dir"].parent / "litdata")}
+
+    @pytest.fixture()
+    def one_thread():
+        """torch on one thread for every pipeline alike (as inside a DataLoader worker).
+
+        The baselines' per-image tensor ops (ToTensor, Normalize) are split over
+        torch's threads; on a 2-core machine shared with other jobs those
+        threads' waits made them 40x slower (47 ms an image instead of 1.1).
+        bioscan-io makes its batches on one thread either way.
+        """
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    def test_bench_bioscan_io_loader_float32(benchmark, data, smoke, one_thread):
+        pipe = OurLoader(data["shards"], 0, data["batch"], image_dtype="float32")
+        pipe.name = "bioscan-io float32"
+        _bench(benchmark, pipe, smoke, data["n"])
+
+    def test_bench_litdata_style_float32(benchmark, data, smoke, float_chain, one_thread):
+        pipe = MapStyleLoader("LitData-style chunks, pillow-simd, ToTensor + Normalize",
+                              ChunkImages(float_chain["chunks"], data["labels"], float_chain["transform"]), 0,
+                              data["batch"])
+        _bench(benchmark, pipe, smoke, data["n"])
+
+    def test_bench_per_file_float32(benchmark, data, smoke, float_chain, one_thread):
+        pipe = MapStyleLoader("per-file, pillow-simd, ToTensor + Normalize",
+                              PerFileFloat(data["paths"], data["labels"], float_chain["transform"]), 0, data["batch"])
+        _bench(benchmark, pipe, smoke, data["n"])
+
+    def test_target_float32(data, smoke, float_chain, one_thread):
+        """float32 normalised batches, num_workers=0: against uint8 and the ToTensor + Normalize baselines.
+
+        One run, pipelines interleaved round by round; each ratio is the median over
+        rounds of the two pipelines' time ratio within a round (``rounds.paired``).
+        Targets (issue 27, asserted with ``BIOSCAN_BENCH_STRICT=1``): float32 at least
+        0.85x the uint8 rate, at least 1.8x LitData-style and per-file loading.
+        """
+        d, chain = data, float_chain
+        t = run_interleaved(
+            _rounds(smoke),
+            uint8=lambda: OurLoader(d["shards"], 0, d["batch"]),
+            float32=lambda: OurLoader(d["shards"], 0, d["batch"], image_dtype="float32"),
+            litdata=lambda: MapStyleLoader("litdata", ChunkImages(chain["chunks"], d["labels"], chain["transform"]),
+                                           0, d["batch"]),
+            per_file=lambda: MapStyleLoader("per-file", PerFileFloat(d["paths"], d["labels"], chain["transform"]),
+                                            0, d["batch"]))
+        n = d["n"]
+        print(f"\nfloat32 images, {n} images, {SIZE}px random resized crop + flip, batches of {d['batch']}, "
+              "num_workers=0, torch on one thread:")
+        print(fmt("bioscan-io make_loader, uint8", t["uint8"], n))
+        print(fmt("bioscan-io make_loader, float32", t["float32"], n))
+        print(fmt("LitData-style chunks + ToTensor + Normalize", t["litdata"], n))
+        print(fmt("per-file pillow-simd + ToTensor + Normalize", t["per_file"], n))
+        ratios = {"uint8": paired(t, "uint8", "float32"), "litdata": paired(t, "litdata", "float32"),
+                  "per_file": paired(t, "per_file", "float32")}
+        print(f"  float32 vs uint8 (rate): {ratios['uint8']:.2f}x; vs LitData-style: {ratios['litdata']:.2f}x; "
+              f"vs per-file: {ratios['per_file']:.2f}x (medians of per-round ratios)")
+        if STRICT:
+            assert ratios["uint8"] >= 0.85, f"float32 at {ratios['uint8']:.2f}x the uint8 rate < 0.85x"
+            assert ratios["litdata"] >= 1.8, f"{ratios['litdata']:.2f}x LitData-style < 1.8x"
+            assert ratios["per_file"] >= 1.8, f"{ratios['per_file']:.2f}x per-file < 1.8x"
 
     # ------------------------------------------------------------------------- large packages
 

@@ -44,7 +44,6 @@ smoke test, nothing asserted; the Hugging Face pipelines are skipped when
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import statistics
 import time
@@ -53,6 +52,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from baselines import Batches, have_datasets, hf_source, memory_source, parquet_source
 from rounds import LoaderEpochs, fmt, paired, run_interleaved
 from test_bench_images import OurLoader, PureDecodeAugment
 
@@ -90,64 +90,6 @@ def LoaderMLM(shards: list[str], workers: int) -> LoaderEpochs:
     return LoaderEpochs(make_loader(shards * PASSES, "mlm", batch_size=BATCH, num_workers=workers, seed=0))
 
 
-class Batches:
-    """PASSES passes over record batches from ``source()``, each tokenized and masked (or only counted)."""
-
-    def __init__(self, source, tokenize: bool = True):
-        from bioscan_io.tokenizer import KmerTokenizer
-
-        self.source, self.tokenize = source, tokenize
-        self.tokenizer = KmerTokenizer(k=4)
-        self.n_epoch = 0
-        self.epoch()
-
-    def epoch(self) -> tuple[float, int]:
-        self.n_epoch += 1
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(PASSES):
-            for dna, pid in self.source():
-                if self.tokenize:
-                    out = self.tokenizer.encode_mlm(dna, pid, seed=0, epoch=self.n_epoch, return_tensors="pt")
-                    assert out["input_ids"].shape[0] == len(dna)
-                n += len(dna)
-        return time.perf_counter() - t0, n
-
-    def close(self):
-        pass
-
-
-def hf_source(parquet: Path, cache: Path, fast: bool):
-    """Hugging Face ``datasets`` over the whole records: ``iter(256)`` as documented, or the fastest way."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    ds = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache))
-    if fast:
-        ds = ds.select_columns(["processid", "dna_barcode"]).with_format("arrow")
-        return lambda: ((b.column("dna_barcode"), b.column("processid")) for b in ds.iter(BATCH))
-    return lambda: ((b["dna_barcode"], b["processid"]) for b in ds.iter(BATCH))
-
-
-def parquet_source(parquet: Path, columns: tuple[str, ...]):
-    def batches():
-        for b in pq.ParquetFile(parquet).iter_batches(BATCH, columns=list(columns)):
-            yield b.column(columns[0]), (b.column(columns[1]) if len(columns) > 1 else None)
-    return batches
-
-
-def memory_source(parquet: Path):
-    table = pq.read_table(parquet, columns=["dna_barcode", "processid"])
-    batches = [(b.column(0), b.column(1)) for b in table.to_batches(BATCH)]
-    return lambda: iter(batches)
-
-
-def _have_datasets() -> str | None:
-    if importlib.util.find_spec("datasets") is None:
-        return "Hugging Face datasets is not installed (pip install datasets)"
-    return None
-
-
 def test_mlm_against_stock_parts(data):
     """make_loader(task="mlm") vs HF datasets, pyarrow Parquet and the kernel alone, interleaved rounds."""
     makers = {
@@ -157,7 +99,7 @@ def test_mlm_against_stock_parts(data):
         "raw": lambda: Batches(parquet_source(data["parquet"], ("dna_barcode",)), tokenize=False),
         "kernel": lambda: Batches(memory_source(data["parquet"])),
     }
-    missing = _have_datasets()
+    missing = have_datasets()
     if missing is None:
         makers["hf"] = lambda: Batches(hf_source(data["parquet"], data["base"] / "hf", fast=False))
         makers["hf_fast"] = lambda: Batches(hf_source(data["parquet"], data["base"] / "hf", fast=True))

@@ -77,14 +77,15 @@ def _stderr(message: str) -> None:
 
 def _version() -> str:
     """``bioscan-io VERSION``: the installed package's version (what pip lists), else the source
-    tree's; then the PIL build in use (pillow-simd or stock Pillow) and its JPEG library."""
+    tree's; then the PIL build in use (pillow-simd or stock Pillow) and its JPEG library, and
+    whether crops are decoded as regions (bioscan_io._jpeg)."""
     try:
         version = importlib.metadata.version("bioscan-io")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
         version = __version__
-    from ._pillow import describe
+    from . import _pillow, jpeg_region
 
-    return f"bioscan-io {version}\n{describe()}"
+    return f"bioscan-io {version}\n{_pillow.describe()}\n{jpeg_region.describe()}"
 
 
 def _progress_argument(p: argparse.ArgumentParser) -> None:

@@ -26,20 +26,31 @@ the DataLoader drops what its workers had prefetched) is free again for its
 worker, which alone writes to it. When every slot of a worker is held (a
 consumer keeping many batches), the worker falls back to PyTorch's own
 hand-over: slower, never blocked, never wrong.
+
+Without workers (``num_workers=0``) there is no hand-over, but new memory for
+each batch costs the same page faults: a 256-image float32 batch is 154 MB,
+about 55 ms to fault in even ``madvise``-populated, half the time its images
+take to decode and crop. A :class:`BatchBuffers` (one per loader) makes the
+batches in a few reused buffers instead, each free again when the last tensor
+over it is garbage-collected -- the rule the arena's main-process side follows.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
+import mmap
 import os
+import sys
 import threading
 import weakref
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["SlotArena", "empty", "empty_array", "shared_tensor", "in_slots"]
+__all__ = ["SlotArena", "BatchBuffers", "empty", "empty_array", "shared_tensor", "in_slots", "prefault"]
 
 log = logging.getLogger("bioscan_io")
 LIVE = np.uint32(0xFFFFFFFF)
@@ -195,6 +206,73 @@ class SlotArena:
         return batch
 
 
+class BatchBuffers:
+    """Reused memory for the batches a process makes for itself (a loader with ``num_workers=0``).
+
+    :meth:`empty` hands out a tensor over one of at most ``slots`` buffers, or
+    None (the caller allocates) when every buffer is held. Each tensor wraps a
+    numpy view made for it alone; the tensor's storage keeps that view alive,
+    and a finalizer on the view frees the buffer when the view is
+    garbage-collected -- that is, when nothing can read the batch any more: no
+    tensor or view of it (``batch[0]``, ``torch.split``), no numpy array over it
+    (``.numpy()``), no storage object, no tensor autograd saved for a backward
+    pass. A batch the consumer keeps keeps its buffer, and is never written
+    again; the next batches take another buffer, or new memory.
+
+    Two slots serve the usual loop: while the next batch is made, the consumer
+    (and the loader's own stages) still hold the current one; the one before it
+    has gone. A third serves a consumer one batch ahead (a prefetching trainer).
+    Buffers are made when first needed, pre-faulted, and kept for the life of
+    this object (the loader's); a larger batch replaces a free buffer too small
+    for it. Pickles as a new, empty set (each process its own).
+    """
+
+    def __init__(self, slots: int = 3):
+        self.slots = int(slots)
+        self._buffers: list[np.ndarray] = []  # flat uint8 arrays
+        self._held: list[bool] = []
+        self._lock = threading.RLock()
+
+    def __reduce__(self):
+        return (BatchBuffers, (self.slots,))
+
+    def empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+        """A tensor over a free buffer (its bytes left as they were), or None when every buffer is held."""
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        nbytes = math.prod(shape) * np_dtype.itemsize
+        with self._lock:
+            slot = next((i for i, (buf, held) in enumerate(zip(self._buffers, self._held))
+                         if not held and buf.nbytes >= nbytes), None)
+            if slot is None:
+                if len(self._buffers) < self.slots:
+                    slot = len(self._buffers)
+                    self._buffers.append(_EMPTY_BUFFER)
+                    self._held.append(False)
+                else:  # a free buffer too small for this batch is replaced
+                    slot = next((i for i, held in enumerate(self._held) if not held), None)
+                    if slot is None:
+                        return None
+                buf = np.empty(nbytes, np.uint8)
+                prefault(buf)
+                self._buffers[slot] = buf
+            self._held[slot] = True
+            buf = self._buffers[slot]
+        view = buf[:nbytes].view(np_dtype).reshape(shape)
+        weakref.finalize(view, self._release, slot).atexit = False
+        return torch.from_numpy(view)
+
+    def _release(self, slot: int) -> None:
+        # One store, no lock: a finalizer may run inside :meth:`empty` (a garbage collection it set off).
+        self._held[slot] = False
+
+    def held(self) -> int:
+        """Buffers held by batches still alive."""
+        return sum(self._held)
+
+
+_EMPTY_BUFFER = np.empty(0, np.uint8)
+
+
 def _shm_free() -> int | None:
     """Bytes free in ``/dev/shm`` (where PyTorch's shared memory lives on Linux), None where unknown."""
     try:
@@ -215,6 +293,42 @@ def shared_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     if new_shared is None:  # a PyTorch without it: share_memory_() copies, touching every page once
         return torch.empty(shape, dtype=dtype).share_memory_()
     return torch.empty(0, dtype=dtype).set_(new_shared(nbytes)).view(shape)
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_madvise: Any = None  # libc's madvise once looked up; False where unavailable
+
+
+def prefault(array) -> None:
+    """Fault in new memory's pages in one system call instead of one page fault per 4 KiB.
+
+    ``array``: a numpy array or a CPU tensor, contiguous. ``madvise(MADV_POPULATE_WRITE)``;
+    measured 50 -> 38 us per 224x224 image for shared memory, 36 -> 21 us for private
+    memory. Silently skipped where the kernel or platform lacks it.
+    """
+    global _madvise
+    if _madvise is False:
+        return
+    if _madvise is None:
+        try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("not Linux")
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            fn.restype = ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):
+            _madvise = False
+            return
+    if isinstance(array, np.ndarray):
+        addr = array.ctypes.data
+    else:
+        addr = array.data_ptr()
+    if not array.nbytes:
+        return
+    start = addr - addr % mmap.PAGESIZE
+    if _madvise(start, addr + array.nbytes - start, _MADV_POPULATE_WRITE) != 0:
+        _madvise = False  # EINVAL: a kernel before 5.14
 
 
 _CURRENT: SlotArena | None = None  # the arena of this worker process, while a batch is being made

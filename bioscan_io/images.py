@@ -24,9 +24,13 @@ The fused path does each step once, with the least work:
    crop box is drawn from it before anything is decoded;
 2. the pixels are made one image at a time inside :func:`stack`, straight
    into the batch tensor: a batch never holds more than one decoded image;
-3. only the rows the crop needs are decoded (libjpeg stops after the crop's
-   last row plus the rows the resampling filter reads; decoding is
-   sequential, so the rows above the crop are decoded);
+3. only the crop's region is decoded, plus the resampling filter's reach
+   (:mod:`bioscan_io.jpeg_region`, libjpeg-turbo's API: the rows above are
+   entropy-decoded only, as a sequential JPEG requires, the columns outside
+   are not made, libjpeg stops after the last row): the pixels are bit for
+   bit those of the whole-image decode (its docstring; tested: max abs
+   difference 0). Where it steps aside (no extension, a progressive or CMYK
+   JPEG, ...; ``region=False``), Pillow decodes the rows down to the crop's;
 4. a crop at least twice the output size (both sides) is decoded at 1/2, 1/4
    or 1/8 scale in the DCT domain (libjpeg scaling, as ``Image.draft``), then
    resized: the crop geometry is unchanged, the pixels change slightly (a
@@ -40,7 +44,11 @@ The fused path does each step once, with the least work:
 6. flips and the HWC -> CHW change happen while the three planes are copied
    into the batch, which is allocated once (in shared memory inside a
    DataLoader worker, so it is not copied again on its way to the main
-   process) and pre-faulted in one system call;
+   process; without workers, in one of a few buffers the loader reuses once
+   the batch made in it before is gone) and pre-faulted in one system call.
+   A float32 batch gets no uint8 batch in between: each image's planes are
+   made in one small array and normalised from there into the batch by a
+   compiled loop (``bioscan_io._pixels``), the bits of :func:`normalize`;
 7. a rotation (``rotate=``) turns the small resized image before the copy.
    The chain it reproduces flips, then rotates by ``a``: as a mirror turns a
    rotation by ``a`` into one by ``-a`` (both flips, a half turn, commute with
@@ -58,17 +66,24 @@ from __future__ import annotations
 
 import io
 import math
-import mmap
 import numbers
 import random
 import re
-import sys
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from . import _pillow
+from . import _pillow, jpeg_region
+
+try:
+    from . import _pixels
+except ImportError as exc:  # pragma: no cover - a tree whose extensions were built before it existed
+    raise ImportError(
+        "bioscan_io._pixels, the compiled pixel kernel, is not built. Build it from the project root with "
+        f"`pip install -e .` or `python setup.py build_ext --inplace` (needs Cython and a C compiler): {exc}"
+    ) from exc
+from .crop_boxes import DEFAULT_RATIO, eval_box, random_resized_crop_box, resized_size
 from .schema import RGB_MEAN, RGB_STD, BioscanError
 
 __all__ = ["EOI_SLACK", "MAX_ROTATE", "has_eoi", "decode", "resized_size", "random_resized_crop_box", "eval_box",
@@ -78,7 +93,6 @@ _BILINEAR = Image.Resampling.BILINEAR  # Pillow >= 9.1 (pyproject)
 _FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT
 _FLIP_TB = Image.Transpose.FLIP_TOP_BOTTOM
 _NEAREST = Image.Resampling.NEAREST
-_DEFAULT_RATIO = (3 / 4, 4 / 3)
 _BLACK = (0, 0, 0)
 #: Largest ``rotate`` (degrees either way): a full turn's range.
 MAX_ROTATE = 180.0
@@ -213,14 +227,18 @@ def _rows_for(box, out_h: int, scale: int) -> int | None:
 
 
 def _load_for_box(data: bytes, size: tuple[int, int] | None, box, out_size: tuple[int, int], where: str,
-                  dct_scaling: bool, img: Image.Image | None = None):
+                  dct_scaling: bool, img: Image.Image | None = None, region: bool = True):
     """Decode what resizing ``box`` (full-size coordinates) to ``out_size`` needs; returns (image, box).
 
     ``size`` is the JPEG header's (fast path) or None (PIL's general path, on
-    ``img`` when already opened).
+    ``img`` when already opened). ``region``: the box's region alone where
+    :mod:`bioscan_io.jpeg_region` can (RGB or RGBX), else the rows down to it.
     """
     if size is not None:
         scale = _dct_scale(box[2] - box[0], box[3] - box[1], *out_size) if dct_scaling else 1
+        # a truncated file (no EOI) or one libjpeg finds damaged takes Pillow's path, which decides (and raises)
+        if region and has_eoi(data) and (got := jpeg_region.load_box(data, size, box, out_size, scale)) is not None:
+            return got
         fast = _jpeg_rows(data, size, _rows_for(box, out_size[1], scale), scale)
         if fast is None and scale > 1:
             scale = 1
@@ -236,77 +254,6 @@ def _crop_resize(img: Image.Image, box, size: tuple[int, int]) -> Image.Image:
     if (right - left, bottom - top) == size and all(float(v).is_integer() for v in box):
         return img.crop((int(left), int(top), int(right), int(bottom)))  # scale 1 on whole pixels: a crop
     return img.resize(size, _BILINEAR, box=box)
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
-    """``(width, height)`` after resizing the shorter side to ``resize``: torchvision's ``Resize(resize)``.
-
-    The longer side becomes ``int(resize * long / short)``; an image of that size already is left alone.
-    """
-    if width <= height:
-        return resize, max(1, int(resize * height / width))
-    return max(1, int(resize * width / height)), resize
-
-
-def random_resized_crop_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0),
-                            ratio=_DEFAULT_RATIO, pre_resize: int | None = None) -> tuple:
-    """A crop box ``(left, top, right, bottom)`` drawn as torchvision's RandomResizedCrop does.
-
-    ``pre_resize``: drawn on the image as ``Resize(pre_resize)`` would leave it
-    (:func:`resized_size`), then mapped back onto the ``width`` x ``height``
-    source (float coordinates, unless that size is the source's).
-    """
-    if pre_resize is None:
-        return _rrc_box(width, height, rng, scale, ratio)
-    nw, nh = resized_size(width, height, pre_resize)
-    box = _rrc_box(nw, nh, rng, scale, ratio)
-    if (nw, nh) == (width, height):
-        return box
-    sx, sy = width / nw, height / nh
-    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
-
-
-def _rrc_box(width: int, height: int, rng: random.Random, scale, ratio) -> tuple[int, int, int, int]:
-    """torchvision's ``RandomResizedCrop.get_params`` on a ``width`` x ``height`` image, as a box."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = rng.randint(0, height - h)
-            left = rng.randint(0, width - w)
-            return left, top, left + w, top + h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
-    return left, top, left + w, top + h
-
-
-def eval_box(width: int, height: int, size: int, resize: int) -> tuple[float, float, float, float]:
-    """The source box of "resize the shorter side to ``resize``, centre crop ``size``".
-
-    torchvision's arithmetic: the longer side becomes ``int(resize * long / short)``,
-    the crop's offsets ``int(round((new - size) / 2))``; the box maps the crop back
-    onto the source image, so one resize call does both steps.
-    """
-    if resize < size:
-        raise BioscanError(f"eval resize {resize} is smaller than the crop size {size}")
-    nw, nh = resized_size(width, height, resize)
-    top = int(round((nh - size) / 2.0))
-    left = int(round((nw - size) / 2.0))
-    sx, sy = width / nw, height / nh
-    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
 # ----------------------------------------------------------------------------- rotation
@@ -365,19 +312,20 @@ class PreparedImage:
     """
 
     __slots__ = ("_data", "_src_size", "_img", "_box", "size", "hflip", "vflip", "angle", "_fill", "_where", "_dct",
-                 "_pixels")
+                 "_pixels", "_region")
 
     def __init__(self, data: bytes, src_size: tuple[int, int] | None, img: Image.Image | None, box,
                  size: tuple[int, int], hflip: bool = False, vflip: bool = False, where: str = "",
-                 dct_scaling: bool = True, angle: float = 0.0, fill: tuple[int, int, int] = _BLACK):
+                 dct_scaling: bool = True, angle: float = 0.0, fill: tuple[int, int, int] = _BLACK,
+                 region: bool = True):
         self._data, self._src_size, self._img, self._box = data, src_size, img, box
         self.size, self.hflip, self.vflip, self.angle, self._fill = size, bool(hflip), bool(vflip), angle, fill
-        self._where, self._dct = where, dct_scaling
+        self._where, self._dct, self._region = where, dct_scaling, region
         self._pixels: Image.Image | None = None
 
     def __reduce__(self):  # pickles as the bytes and the draws, not as pixels
         return (PreparedImage, (self._data, self._src_size, None, self._box, self.size, self.hflip, self.vflip,
-                                self._where, self._dct, self.angle, self._fill))
+                                self._where, self._dct, self.angle, self._fill, self._region))
 
     @property
     def box(self) -> tuple:
@@ -391,20 +339,26 @@ class PreparedImage:
 
     def render(self) -> Image.Image:
         """The cropped, resized, rotated RGB image, flips not applied (decoded now unless :meth:`load` was called)."""
+        img = self._render()
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def _render(self) -> Image.Image:
+        """:meth:`render`'s image, RGB or RGBX (region decode's; the same R, G, B bands, no conversion)."""
         if self._pixels is not None:
             return self._pixels
-        src, box = _load_for_box(self._data, self._src_size, self._box, self.size, self._where, self._dct, self._img)
+        src, box = _load_for_box(self._data, self._src_size, self._box, self.size, self._where, self._dct, self._img,
+                                 self._region)
         return _rotated(_crop_resize(src, box, self.size), self.angle, self.hflip, self.vflip, self._fill)
 
     def load(self) -> PreparedImage:
         """Decode now, so that a corrupt image raises here; keeps the pixels for :meth:`write`."""
         if self._pixels is None:
-            self._pixels = self.render()
+            self._pixels = self._render()
         return self
 
     def write(self, out: np.ndarray) -> None:
         """Render into ``out``, a uint8 array of shape (3, height, width), flips applied."""
-        img = self.render()
+        img = self._render()
         w, h = self.size
         ystep = -1 if self.vflip else 1  # the raw encoder writes the rows bottom up: a free vertical flip
         for c, band in enumerate("RGB"):
@@ -438,9 +392,9 @@ def _header(data: bytes, where: str):
 
 
 def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
-                 scale=(0.08, 1.0), ratio=_DEFAULT_RATIO, where: str = "",
+                 scale=(0.08, 1.0), ratio=DEFAULT_RATIO, where: str = "",
                  dct_scaling: bool = True, lazy: bool = True, *, pre_resize: int | None = None,
-                 rotate: float = 0.0, fill=0) -> PreparedImage:
+                 rotate: float = 0.0, fill=0, region: bool = True) -> PreparedImage:
     """JPEG bytes -> random resized crop to ``size`` x ``size`` + random flips (+ rotation), fused.
 
     The draws from ``rng`` are those of :func:`train_transform` (crop box, then
@@ -462,28 +416,29 @@ def decode_train(data: bytes, size: int, rng: random.Random, hflip: bool = True,
     here) raise here; the rare damage only the decoder sees (a corrupt Huffman
     table, say) raises when the pixels are made, in :func:`stack`.
     ``lazy=False`` decodes here instead (slower: a batch then holds all its
-    images decoded at once).
+    images decoded at once). ``region=False``: no region decode (module
+    docstring, step 3), Pillow decodes the rows down to the crop's last.
     """
     colour = _augment_args(pre_resize, rotate, fill)
     data = _as_bytes(data)
     (width, height), fast, img = _header(data, where)
     box, h_flip, v_flip, angle = _train_draws(width, height, rng, hflip, vflip, scale, ratio, pre_resize, rotate)
-    out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling, angle, colour)
+    out = PreparedImage(data, fast, img, box, (size, size), h_flip, v_flip, where, dct_scaling, angle, colour, region)
     return out.load() if not lazy or not has_eoi(data) else out
 
 
 def decode_eval(data: bytes, size: int, resize: int, where: str = "",
-                dct_scaling: bool = True, lazy: bool = True) -> PreparedImage:
+                dct_scaling: bool = True, lazy: bool = True, *, region: bool = True) -> PreparedImage:
     """JPEG bytes -> resize the shorter side to ``resize`` + centre crop ``size``, fused (as :func:`decode_train`)."""
     data = _as_bytes(data)
     (width, height), fast, img = _header(data, where)
     box = eval_box(width, height, size, resize)
-    out = PreparedImage(data, fast, img, box, (size, size), where=where, dct_scaling=dct_scaling)
+    out = PreparedImage(data, fast, img, box, (size, size), where=where, dct_scaling=dct_scaling, region=region)
     return out.load() if not lazy or not has_eoi(data) else out
 
 
 def train_transform(img: Image.Image, size: int, rng: random.Random, hflip: bool = True, vflip: bool = False,
-                    scale=(0.08, 1.0), ratio=_DEFAULT_RATIO, *, pre_resize: int | None = None,
+                    scale=(0.08, 1.0), ratio=DEFAULT_RATIO, *, pre_resize: int | None = None,
                     rotate: float = 0.0, fill=0) -> np.ndarray:
     """Random resized crop to ``size`` x ``size``, then random flips, then a random rotation; uint8 HWC.
 
@@ -512,58 +467,33 @@ def eval_transform(img: Image.Image, size: int, resize: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- batches
 
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_madvise: Any = None  # libc's madvise once looked up; False where unavailable
+def _empty(shape: tuple[int, ...], dtype, buffers=None):
+    """A tensor for a batch: in a reused buffer or new and pre-faulted; in shared memory inside a DataLoader worker.
 
-
-def _prefault(tensor) -> None:
-    """Fault in a new tensor's pages in one system call instead of one page fault per 4 KiB.
-
-    ``madvise(MADV_POPULATE_WRITE)``; measured 50 -> 38 us per 224x224 image
-    for shared memory, 36 -> 21 us for private memory. Silently skipped where
-    the kernel or platform lacks it.
+    Inside a worker: the worker's hand-over slot (:mod:`bioscan_io.handover`:
+    sent without a copy), else new shared memory. Elsewhere: one of ``buffers``
+    (a :class:`~bioscan_io.handover.BatchBuffers`: reused once the batch made in
+    it before is gone) when given and one is free, else new private memory.
     """
-    global _madvise
-    if _madvise is False:
-        return
-    if _madvise is None:
-        try:
-            import ctypes
-
-            if not sys.platform.startswith("linux"):
-                raise OSError("not Linux")
-            fn = ctypes.CDLL(None, use_errno=True).madvise
-            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-            fn.restype = ctypes.c_int
-            _madvise = fn
-        except (OSError, AttributeError):
-            _madvise = False
-            return
-    addr = tensor.data_ptr()
-    start = addr - addr % mmap.PAGESIZE
-    if _madvise(start, addr + tensor.nbytes - start, _MADV_POPULATE_WRITE) != 0:
-        _madvise = False  # EINVAL: a kernel before 5.14
-
-
-def _empty(shape: tuple[int, ...], dtype):
-    """A new tensor, pre-faulted; in shared memory inside a DataLoader worker (sent without a copy)."""
     import torch
     from torch.utils.data import get_worker_info
 
     from . import handover
 
     if get_worker_info() is None:
+        if buffers is not None and (reused := buffers.empty(shape, dtype)) is not None:
+            return reused
         out = torch.empty(shape, dtype=dtype)
     elif (reused := handover.empty(shape, dtype)) is not None:
         return reused  # a reused slot: its pages are in place already
     else:
         out = handover.shared_tensor(shape, dtype)
     if out.nbytes >= 1 << 20:
-        _prefault(out)
+        handover.prefault(out)
     return out
 
 
-def stack(images: list, dtype: str = "uint8"):
+def stack(images: list, dtype: str = "uint8", *, buffers=None):
     """Batch images into a torch tensor NCHW.
 
     ``images`` holds :class:`PreparedImage` objects (from :func:`decode_train` /
@@ -571,37 +501,93 @@ def stack(images: list, dtype: str = "uint8"):
     uint8 HWC arrays (from :func:`train_transform` / :func:`eval_transform`),
     all the same size. ``dtype="uint8"`` keeps bytes (normalise on the GPU with
     :func:`normalize`); ``"float32"`` returns them normalised with the dataset's
-    mean and std. Inside a DataLoader worker the batch is made in shared memory.
+    mean and std, bit for bit the values of :func:`normalize`, each image
+    normalised as it is made (no uint8 batch in between). Inside a DataLoader
+    worker the batch is made in shared memory; elsewhere in one of ``buffers``
+    (:class:`bioscan_io.handover.BatchBuffers`, what a loader passes) when given.
     """
     import torch
 
     if not images:
         raise BioscanError("stack needs at least one image")
+    if dtype not in ("uint8", "float32"):
+        raise BioscanError(f"stack: dtype must be 'uint8' or 'float32'; got {dtype!r}")
     first = images[0]
     h, w = first.shape[1:] if isinstance(first, PreparedImage) else np.shape(first)[:2]
     shape = (len(images), 3, h, w)
-    # uint8: the batch itself goes to the main process; float32: only its normalised copy does
-    batch = _empty(shape, torch.uint8) if dtype == "uint8" else torch.empty(shape, dtype=torch.uint8)
+    batch = _empty(shape, torch.uint8 if dtype == "uint8" else torch.float32, buffers)
     out = batch.numpy()
+    # float32: each image is made in one small uint8 array (it stays in cache), then normalised into the batch
+    planes = out if dtype == "uint8" else np.empty((1, 3, h, w), np.uint8)
     for i, x in enumerate(images):
+        at = i if dtype == "uint8" else 0
         if isinstance(x, PreparedImage):
             if x.size != (w, h):
                 raise BioscanError(f"stack: image {i} is {x.size[0]}x{x.size[1]}, not {w}x{h}")
-            x.write(out[i])
+            x.write(planes[at])
         else:
-            out[i] = np.asarray(x).transpose(2, 0, 1)
-    if dtype == "uint8":
-        return batch
-    return normalize(batch, out=_empty(shape, torch.float32))
+            planes[at] = np.asarray(x).transpose(2, 0, 1)
+        if dtype != "uint8":
+            _normalize_planes(planes[0].reshape(3, h * w), out[i].reshape(3, h * w))
+    return batch
+
+
+def _mean_std(device=None):
+    """The dataset's mean and std as :func:`normalize` uses them: float32 tensors of shape (1, 3, 1, 1), times 255."""
+    import torch
+
+    mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
 
 
 def normalize(batch, out=None):
     """uint8 NCHW tensor to float32, normalised by the dataset's mean and std (any device)."""
     import torch
 
-    mean = torch.tensor(RGB_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(RGB_STD, device=batch.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(batch.device)
     if out is None:
         return (batch.float() - mean) / std
     torch.sub(batch, mean, out=out)
     return out.div_(std)
+
+
+_KERNEL: Any = None  # (mean, std) as float32 arrays once the compiled kernel is checked; False: PyTorch's ops
+
+
+def _kernel_args():
+    """The compiled kernel's mean and std, or False where it does not give :func:`normalize`'s bits (checked once).
+
+    The output is a function of (level, channel) alone: the kernel and
+    :func:`normalize` are compared on all 256 levels of each channel, bit for bit.
+    """
+    global _KERNEL
+    if _KERNEL is None:
+        import torch
+
+        mean, std = (t.reshape(3).numpy().copy() for t in _mean_std())
+        levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+        got = np.empty((3, 256), np.float32)
+        _pixels.normalize_planes(levels, got, mean, std)
+        want = normalize(torch.from_numpy(levels).view(1, 3, 1, 256)).reshape(3, 256).numpy()
+        _KERNEL = (mean, std) if np.array_equal(got.view(np.uint32), want.view(np.uint32)) else False
+    return _KERNEL
+
+
+def _normalize_planes(src: np.ndarray, dst: np.ndarray) -> None:
+    """``dst`` (float32) = ``src`` (uint8) normalised as :func:`normalize` does; C-contiguous, shape (3, pixels)."""
+    if (src.dtype != np.uint8 or dst.dtype != np.float32 or src.ndim != 2 or src.shape != dst.shape
+            or src.shape[0] != 3 or not src.flags.c_contiguous or not dst.flags.c_contiguous
+            or not dst.flags.writeable):
+        raise BioscanError(f"normalising planes: need uint8 and writable float32 C-contiguous arrays of one shape "
+                           f"(3, pixels); got {src.dtype} {src.shape} and {dst.dtype} {dst.shape}")
+    args = _kernel_args()
+    if args:
+        _pixels.normalize_planes(src, dst, *args)
+        return
+    import torch
+
+    mean, std = (t.view(3, 1) for t in _mean_std())
+    out = torch.from_numpy(dst)
+    torch.sub(torch.from_numpy(src), mean, out=out)
+    out.div_(std)

@@ -165,11 +165,14 @@ def split_group(group: dict):
     if len(sizes) == 1:
         yield group
         return
-    parts = {k: torch.split(v, sizes) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
-    at = 0
-    for i, size in enumerate(sizes):
-        yield {k: v[i] if isinstance(v, tuple) else v[at:at + size] for k, v in parts.items()}
-        at += size
+    keys = list(group)
+    ends = np.cumsum(sizes).tolist()
+    # Each column cut once (a batch is then one dict of ready parts: the main
+    # process's whole cost per batch).
+    columns = [torch.split(v, sizes) if isinstance(v, torch.Tensor) else
+               [v[a:z] for a, z in zip([0, *ends], ends)] for v in group.values()]
+    for values in zip(*columns):
+        yield dict(zip(keys, values))
 
 
 def _report(groups, errors: ErrorPolicy):

@@ -109,6 +109,10 @@ def segments(counts, order: np.ndarray, start: int, stop: int) -> list[Segment]:
 # arrays of positions ``lo <= p < hi``.
 
 
+#: Blocks whose rows a stream keeps (RankStream.block_rows): those an item shares with the next.
+_KEPT_BLOCKS = 4
+
+
 class RankStream:
     """One rank's canonical stream of an epoch: its range, in shard segments, each block permuted.
 
@@ -142,31 +146,50 @@ class RankStream:
                 blocks.append((at, seg.shard, row, rows, start + at, seg.padding))
                 at += rows
         self._blocks = np.array(blocks, np.int64).reshape(-1, 6)
+        self._at, self._rows = self._blocks[:, 0].tolist(), self._blocks[:, 3].tolist()  # read per item: as ints
         self._length = at
+        self._permuted: dict[int, np.ndarray] = {}  # the last blocks' rows (block_rows)
 
     def __len__(self) -> int:
         return self._length
 
     def block_rows(self, b: int) -> np.ndarray:
-        """The rows of block ``b`` in stream order (permuted when shuffling)."""
+        """The rows of block ``b`` in stream order (permuted when shuffling); read-only.
+
+        A block is usually cut by an item's end, so the next item needs it again:
+        the last few are kept (a generator and a permutation each cost about as
+        much as reading the rows from the index).
+        """
+        got = self._permuted.get(b)
+        if got is not None:
+            return got
         _, _, row, rows, place, _ = self._blocks[b]
         if not self.shuffle:
-            return np.arange(row, row + rows)
-        return row + np.random.default_rng([self.seed, self.epoch, int(place)]).permutation(int(rows))
+            got = np.arange(row, row + rows)
+        else:
+            got = row + np.random.default_rng([self.seed, self.epoch, int(place)]).permutation(int(rows))
+        got.flags.writeable = False
+        if len(self._permuted) >= _KEPT_BLOCKS:
+            del self._permuted[next(iter(self._permuted))]
+        self._permuted[b] = got
+        return got
 
     def positions(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(shard, row, padding)`` of stream positions ``lo <= p < hi``."""
-        shard, row, padding = [], [], []
-        first = max(int(np.searchsorted(self._blocks[:, 0], lo, side="right")) - 1, 0)
-        for b in range(first, len(self._blocks)):
-            at, s, _, rows, _, pad = (int(v) for v in self._blocks[b])
-            if at >= hi:
-                break
+        starts = self._blocks[:, 0]
+        first = max(int(np.searchsorted(starts, lo, side="right")) - 1, 0)
+        last = int(np.searchsorted(starts, hi, side="left"))  # the blocks that start before hi
+        if last <= first:
+            return _joined([], [], [])
+        row, counts = [], []
+        for b, at, rows in zip(range(first, last), self._at[first:last], self._rows[first:last]):
             a, z = max(lo - at, 0), min(hi - at, rows)
             row.append(self.block_rows(b)[a:z])
-            shard.append(np.full(z - a, s, np.int32))
-            padding.append(np.full(z - a, bool(pad)))
-        return _joined(shard, row, padding)
+            counts.append(z - a)
+        # Shard and padding are per block: repeated, not made block by block.
+        return (np.repeat(self._blocks[first:last, 1].astype(np.int32), counts),
+                np.concatenate(row).astype(np.int64, copy=False),
+                np.repeat(self._blocks[first:last, 5].astype(bool), counts))
 
 
 class Remainder:
@@ -263,12 +286,12 @@ class Item:
     padding: np.ndarray
 
     def runs(self):
-        """``(shard, index)`` for each run of consecutive samples of one shard (``index`` into the item)."""
+        """``(shard, index)`` for each run of consecutive samples of one shard (``index``: a slice of the item)."""
         if not len(self.shard):
             return
-        cuts = np.flatnonzero(np.diff(self.shard)) + 1
-        for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(self.shard)]])):
-            yield int(self.shard[a]), np.arange(a, z)
+        cuts = (np.flatnonzero(np.diff(self.shard)) + 1).tolist()
+        for a, z in zip([0, *cuts], [*cuts, len(self.shard)]):
+            yield int(self.shard[a]), slice(a, z)
 
 
 def items(stream, batch_size: int, drop_last: bool, group: int, start: int, worker: int, num_workers: int):

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
-from .format import load_index, parse_records, scan, take_indexed, take_local, verify_shard_file
+from .format import load_index_columns, parse_records, scan, take_indexed, take_local, verify_shard_file
+from .gathered import Gathered, concat
 from .schema import BioscanError
 from .shardlist import ShardSet
 from .tasks import Task
@@ -71,7 +72,8 @@ def read_rows(shards: ShardSet, shard: int, rows: np.ndarray, exts, errors: Erro
         errors.handle(error or BioscanError(f"shard {url}: {lost} sample(s) could not be read"), lost)
     elif shards.entries and not (shards.indexes and shards.indexes[shard]) and shards.counts[shard] - 1 in rows:
         _check_end(shards, shard, copies, errors)
-    block["__shard__"] = pa.array(np.full(len(kept), shard, np.int32))
+    if "jpg" in exts or "json" in exts:  # the shard of each row: named when its image or record is bad
+        block["__shard__"] = pa.array(np.full(len(kept), shard, np.int32))
     return block, kept
 
 
@@ -102,7 +104,7 @@ def _take(shards: ShardSet, shard: int, rows: np.ndarray, exts: tuple[str, ...],
     if index_url is None:
         return take_local(copies.path(url), rows, exts, name=url)
     assert shards.entries is not None  # indexes come with a manifest's entries
-    index = load_index(copies.path(index_url), shards.entries[shard], name=index_url)
+    index = load_index_columns(copies.path(index_url), shards.entries[shard], name=index_url)
     tar = copies.path(url) if "jpg" in exts else None  # without images, no tar page is touched
     return take_indexed(index, rows, exts, tar=tar, name=url)
 
@@ -154,13 +156,20 @@ def read_items(items, shards: ShardSet, task: Task, errors: ErrorPolicy, copies:
 
 
 def _joined(parts: list[dict]) -> dict:
-    """Blocks with the same columns as one (chunked, no copy); index and tar string types unified."""
+    """Blocks with the same columns as one (chunked, no copy); index and tar string types unified.
+
+    A column that is a :class:`~bioscan_io.gathered.Gathered` in any block (an
+    index's barcodes) is one in the result too (its pieces, then the others').
+    """
     if not parts:
         return {"__key__": pa.array([], pa.string())}
     if len(parts) == 1:
         return parts[0]
     out = {}
     for key in parts[0]:
+        if any(isinstance(p[key], Gathered) for p in parts):
+            out[key] = concat([p[key] for p in parts])
+            continue
         chunks = [c for p in parts for c in (p[key].chunks if isinstance(p[key], pa.ChunkedArray) else [p[key]])]
         kind = chunks[0].type
         out[key] = pa.chunked_array([c if c.type == kind else c.cast(kind) for c in chunks])

@@ -35,9 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from torch.utils.data import get_worker_info
 
 from . import handover
 from . import images as im
+from .gathered import Gathered
 from .schema import MAX_NUCLEOTIDES, MISSING_LABEL, MISSING_RANK_TEXT, RANKS, TEXT_RANKS, BioscanError
 from .text import TextTokens
 from .tokenizer import DEFAULT_MASK_RATIOS, KmerTokenizer
@@ -153,8 +155,9 @@ class TokenizerConfig:
                                f"tokenizer, not {type(self.tokenizer).__name__}: pass random_offset=False")
         self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
 
-    @property
+    @functools.cached_property
     def np_dtype(self):
+        # Cached: comparing torch dtypes costs microseconds, asked for every batch.
         return np.int64 if self.token_dtype == torch.int64 else np.int32
 
 
@@ -196,6 +199,10 @@ class Task:
     labels: dict | None = None
     text: TextTokens | None = None
     _values: dict = field(default_factory=dict, repr=False)
+    #: Reused memory for the image batches made without workers (``num_workers=0``).
+    _buffers: handover.BatchBuffers = field(default_factory=handover.BatchBuffers, repr=False, compare=False)
+    #: The same for the token tensors (groups of batches without images), apart: a batch of both holds one of each.
+    _token_buffers: handover.BatchBuffers = field(default_factory=handover.BatchBuffers, repr=False, compare=False)
 
     def __post_init__(self):
         self.spec = TASKS[self.name]
@@ -258,16 +265,36 @@ class Task:
         """``input_ids`` and ``attention_mask`` (and MLM ``labels``) of the block's barcodes."""
         cfg, tokenizer = self.tokens, self.tokens.tokenizer
         names = self.token_names
-        out = handover.empty_array((len(names), len(block["__key__"]), tokenizer.n_tokens), cfg.np_dtype)
+        out = self._token_array((len(names), len(block["__key__"]), tokenizer.n_tokens))
+        seqs, ids = block["dna"], block["__key__"]
+        if not getattr(tokenizer, "reads_gathered", False):  # a tokenizer of the user's own: Arrow arrays
+            seqs, ids = (c.to_arrow() if isinstance(c, Gathered) else c for c in (seqs, ids))
         if not self.spec.masked:
-            tokenizer.encode(block["dna"], out=tuple(out))
+            tokenizer.encode(seqs, out=tuple(out))
         else:
             tokenizer.encode_mlm(
-                block["dna"], block["__key__"], seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
+                seqs, ids, seed=self.seed, epoch=epoch, mask_prob=cfg.mask_prob,
                 label_mode=cfg.label_mode, random_offset=cfg.random_offset, mask_ratios=cfg.mask_ratios,
                 out=tuple(out),
             )
         return dict(zip(names, torch.from_numpy(out)))
+
+    def _token_array(self, shape: tuple) -> np.ndarray:
+        """The array the token tensors are made in: a hand-over slot in a worker, else a reused buffer.
+
+        Without workers a group of MLM batches is 16 MB of tokens: new memory for
+        each is faulted in again (5-30% of an MLM epoch at ``num_workers=0``,
+        measured for issue 27), so they are made in
+        :class:`~bioscan_io.handover.BatchBuffers`, each reused once the batches
+        made in it are gone. The tokenizer writes every element, so what a
+        buffer held before never shows.
+        """
+        dtype = self.tokens.np_dtype
+        if get_worker_info() is None:
+            reused = self._token_buffers.empty(shape, self.tokens.token_dtype)
+            if reused is not None:
+                return reused.numpy()
+        return handover.empty_array(shape, dtype)
 
     def _text_tokens(self, texts: list[str]) -> dict:
         """``text_input_ids``, ``text_attention_mask`` (...) of the batch's strings: one tokenizer call."""
@@ -325,7 +352,7 @@ class Task:
                 prepared.append(None)
         if not bad:
             try:
-                return im.stack(prepared, self.images.dtype), None
+                return im.stack(prepared, self.images.dtype, buffers=self._buffers), None
             except BioscanError:
                 if errors.mode == "raise":
                     raise
@@ -340,4 +367,4 @@ class Task:
         if not good:
             raise BioscanError(f"every image of a batch of {len(prepared)} was bad")
         index = good + [good[j % len(good)] for j in range(len(bad))]
-        return im.stack([prepared[i] for i in index], self.images.dtype), index
+        return im.stack([prepared[i] for i in index], self.images.dtype, buffers=self._buffers), index

@@ -45,6 +45,7 @@ from .buffers import (
     output_arrays,
     row_offsets,
 )
+from .gathered import Gathered
 from .schema import MAX_NUCLEOTIDES, BioscanError
 
 try:
@@ -72,6 +73,7 @@ __all__ = [
     "decode_ids",
     "processid_keys",
     "recipe_thresholds",
+    "seq_chunks",
 ]
 
 MASK_TOKEN = "[MASK]"
@@ -105,6 +107,20 @@ _NO_RECIPE = (2**32, 2**32)
 _EMPTY_I32 = np.empty(0, dtype=np.int32)
 
 
+# --------------------------------------------------------------------------- inputs
+
+
+def seq_chunks(values: Any, what: str) -> list:
+    """The kernels' chunks of a batch: :func:`bioscan_io.buffers.as_chunks`, or a Gathered column's.
+
+    A :class:`~bioscan_io.gathered.Gathered` column (rows of Arrow arrays) is
+    read in place, its rows' offsets picked.
+    """
+    if isinstance(values, Gathered):
+        return values.chunks(what)
+    return as_chunks(values, what)
+
+
 # --------------------------------------------------------------------------- random keys
 
 
@@ -113,7 +129,7 @@ def processid_keys(processids: Any) -> np.ndarray:
 
     Parameters
     ----------
-    processids : list of str or bytes, numpy array, or pyarrow string/binary array
+    processids : list of str or bytes, numpy array, pyarrow string/binary array, or Gathered
         One id per sample; hashed as UTF-8 bytes (nulls as the empty id).
         A ``uint64`` numpy array is taken as hashes already made by this function.
 
@@ -127,6 +143,8 @@ def processid_keys(processids: Any) -> np.ndarray:
         if processids.ndim != 1:
             raise BioscanError(f"processids must be one-dimensional, got shape {processids.shape}")
         return np.ascontiguousarray(processids)
+    if isinstance(processids, Gathered):  # an open index's ids: hashed once, then picked
+        return processids.hashes()
     chunks = as_chunks(processids, "processids")
     out = np.empty(sum(len(c) for c in chunks), dtype=np.uint64)
     for c, (r0, r1) in zip(chunks, chunk_bounds(chunks)):
@@ -280,6 +298,10 @@ class KmerTokenizer:
     ([[2, 3, 1]], [[1, 1, 0]])
     """
 
+    #: Reads :class:`~bioscan_io.gathered.Gathered` columns in place (the loader
+    #: hands other tokenizers an Arrow copy of the rows).
+    reads_gathered = True
+
     def __init__(self, k: int = 4, max_len: int = MAX_NUCLEOTIDES, n_as_base: bool = False):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise BioscanError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
@@ -412,9 +434,9 @@ class KmerTokenizer:
 
         Parameters
         ----------
-        seqs : list of str or bytes, numpy array, or pyarrow string/binary (Chunked)Array
-            The sequences; ``None`` / nulls are empty sequences. Arrow arrays are read
-            in place.
+        seqs : list of str or bytes, numpy array, pyarrow string/binary (Chunked)Array, or Gathered
+            The sequences; ``None`` / nulls are empty sequences. Arrow arrays (and the
+            rows of them a :class:`~bioscan_io.gathered.Gathered` picks) are read in place.
         offsets : array-like of int, optional
             Per-sequence reading-frame offset (``s[o:]`` is tokenized); 0 by default.
         dtype : int32 or int64, optional
@@ -432,7 +454,7 @@ class KmerTokenizer:
             Arrays of shape ``(len(seqs), max_len // k)``.
         """
         check_return_tensors(return_tensors)
-        chunks = as_chunks(seqs, "seqs")
+        chunks = seq_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
         offs = row_offsets(offsets, n)
         ids, att = output_arrays(n, self.n_tokens, dtype, out, ("ids", "attention_mask"))
@@ -507,7 +529,7 @@ class KmerTokenizer:
         m = _masking(seed, epoch, mask_prob, mask_ratios, label_mode)
         if random_offset and offsets is not None:
             raise BioscanError("pass either random_offset=True or offsets, not both")
-        chunks = as_chunks(seqs, "seqs")
+        chunks = seq_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
         keys = _sample_keys(processids, m.seed, m.epoch, n)
         offs = row_offsets(offsets, n)

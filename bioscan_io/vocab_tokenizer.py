@@ -42,7 +42,7 @@ except ImportError:
     ) from None
 
 from . import _kmer
-from .buffers import as_chunks, as_tensors, check_return_tensors, chunk_bounds, output_arrays, row_offsets
+from .buffers import as_tensors, check_return_tensors, chunk_bounds, output_arrays, row_offsets
 from .schema import MAX_NUCLEOTIDES, BioscanError
 from .tokenizer import (
     DEFAULT_MASK_RATIOS,
@@ -53,6 +53,7 @@ from .tokenizer import (
     _masking,
     _sample_keys,
     decode_ids,
+    seq_chunks,
 )
 
 __all__ = ["PAD_TOKEN", "PADDING_SIDES", "VocabTokenizer"]
@@ -184,6 +185,10 @@ class VocabTokenizer:
     ([[3, 4, 5, 6, 1, 0]], [[1, 1, 1, 1, 1, 0]])
     """
 
+    #: Reads :class:`~bioscan_io.gathered.Gathered` columns in place (the loader
+    #: hands other tokenizers an Arrow copy of the rows).
+    reads_gathered = True
+
     def __init__(
         self,
         source: Any,
@@ -308,7 +313,7 @@ class VocabTokenizer:
 
     def _rows(self, seqs: Any, offsets: Any) -> list[memoryview]:
         """Each sequence's bytes ``[o, o + max_len)``, as views."""
-        chunks = as_chunks(seqs, "seqs")
+        chunks = seq_chunks(seqs, "seqs")
         n = sum(len(c) for c in chunks)
         offs = row_offsets(offsets, n)
         rows: list[memoryview] = []

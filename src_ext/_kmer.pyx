@@ -34,6 +34,12 @@ cdef extern from *:
     #define BK_RECIPE_BASE 0x0000000200000000ULL
     #define BK_BYTES_F9 0xF9F9F9F9u
     #define BK_BYTES_41 0x41414141u
+    /* A hint to start loading memory into the cache; never faults, changes no result. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define BK_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define BK_PREFETCH(p) ((void)(p))
+    #endif
     #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) \\
         && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     #define BK_LITTLE_ENDIAN 1
@@ -53,6 +59,7 @@ cdef extern from *:
     uint32_t BK_BYTES_F9
     uint32_t BK_BYTES_41
     bint BK_LITTLE_ENDIAN
+    void BK_PREFETCH(const void* p) noexcept nogil
 
 # cpdef: these are also module attributes, which the Python wrapper reads
 # rather than retyping them, so that each has one definition.
@@ -78,6 +85,9 @@ cdef enum:
     # Tokens per block of random draws: bounds the stack buffers whatever
     # max_len is; a multiple of 8 so that blocks start on a draw word.
     BLOCK = 512
+    # encode_batch prefetches the bytes of the row this many rows ahead.
+    PREFETCH_ROWS = 2
+    CACHE_LINE = 64
 
 
 cdef struct Recipe:
@@ -434,6 +444,19 @@ cdef inline void encode_row(const uint8_t* x, Py_ssize_t L, int k, Py_ssize_t T,
                 labels[j] = IGNORE_INDEX
 
 
+cdef inline void prefetch_row(const uint8_t* p, int64_t n, Py_ssize_t most) noexcept nogil:
+    # Rows in shuffled order (a permuted gather, bioscan_io.gathered) start
+    # where no hardware prefetcher looks: each row's first cache lines would
+    # miss, about a third of the kernel's time on 660-base barcodes. ``most``:
+    # the bytes a row can be read for (max_len, plus an offset below k).
+    cdef int64_t j = 0
+    if n > most:
+        n = most
+    while j < n:
+        BK_PREFETCH(p + j)
+        j += CACHE_LINE
+
+
 def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
                  const int64_t[::1] ends, const int64_t[::1] offsets,
                  const uint64_t[::1] keys, bint random_offset,
@@ -477,6 +500,9 @@ def encode_batch(const uint8_t[::1] data, const int64_t[::1] starts,
         return
     with nogil:
         for i in range(n):
+            if i + PREFETCH_ROWS < n and base != NULL:
+                prefetch_row(base + starts[i + PREFETCH_ROWS], ends[i + PREFETCH_ROWS] - starts[i + PREFETCH_ROWS],
+                             max_len + k)
             s = starts[i]
             L = ends[i] - s
             if label_mode != NO_LABELS or random_offset:

@@ -373,11 +373,12 @@ def test_bioscan_shard_help_shows_the_pipe_form_of_out():
 def test_version(argv):
     proc = run(argv)
     assert proc.returncode == 0 and proc.stderr == ""
-    first, pil = proc.stdout.splitlines()
+    first, pil, region = proc.stdout.splitlines()
     assert first == f"bioscan-io {importlib.metadata.version('bioscan-io')}"
     import PIL
 
     assert pil.startswith(f"PIL {PIL.__version__} from ") and "JPEG by libjpeg" in pil, pil
+    assert region.startswith(("region JPEG decode on", "region JPEG decode off (")), region
 
 
 #: (id, what is at the root first, arguments after the root, needles).

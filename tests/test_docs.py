@@ -109,7 +109,7 @@ def test_page_runs_as_written(page, tmp_path):
     work.mkdir(parents=True)
     (work / "examples").symlink_to(REPO / "examples")  # the pages run from a clone's root
     env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(REPO / "tests")}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     env.pop("BIOSCAN5M_ROOT", None)
     env[synth.DEMO_ENV] = str(synth.demo_root())  # generated once for the session, not once a page
     stop = STAND_INS[page](home, env) if page in STAND_INS else None

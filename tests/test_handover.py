@@ -159,3 +159,115 @@ def test_no_slots_when_shared_memory_is_short(split, monkeypatch, caplog):
     assert sum(len(b["processid"]) for b in loader) == 400
     monkeypatch.setattr(handover, "_shm_free", lambda: None)  # unknown (not Linux): no check
     assert make_loader(split, "mlm", batch_size=64, num_workers=2, pin_memory=False).arena is not None
+
+
+# ----------------------------------------------------------------------------- without workers: reused buffers
+
+
+def test_batch_buffers_reuse_only_what_nothing_holds():
+    """A buffer goes back when the last tensor, view, array or saved-for-backward tensor over it is gone."""
+    import pickle
+
+    buffers = handover.BatchBuffers(slots=2)
+    a = buffers.empty((4, 3, 8, 8), torch.float32)
+    a.fill_(1)
+    b = buffers.empty((4, 3, 8, 8), torch.float32)
+    assert a.data_ptr() != b.data_ptr() and buffers.held() == 2
+    assert buffers.empty((4, 3, 8, 8), torch.float32) is None  # both held: the caller allocates
+    ptr_a = a.data_ptr()
+    kept = [a[1:3], a.numpy(), a.untyped_storage()]
+    del a
+    gc.collect()
+    assert buffers.held() == 2
+    for holder in range(len(kept)):
+        kept[holder] = None
+        gc.collect()
+        assert buffers.held() == (2 if holder < len(kept) - 1 else 1)
+    c = buffers.empty((2, 3, 8, 8), torch.uint8)  # a smaller batch: a prefix of the free buffer
+    assert c.data_ptr() == ptr_a and c.shape == (2, 3, 8, 8)
+    # a tensor autograd saved for backward holds the buffer (its Python object may be long gone)
+    weight = torch.ones(2, 3, 3, 3, requires_grad=True)
+    x = buffers.empty((1, 3, 8, 8), torch.float32) if c is None else None
+    del b, c
+    gc.collect()
+    x = buffers.empty((1, 3, 8, 8), torch.float32)
+    x.fill_(2)
+    y = torch.nn.functional.conv2d(x, weight)
+    del x
+    gc.collect()
+    assert buffers.held() == 1
+    other = buffers.empty((1, 3, 8, 8), torch.float32)
+    other.fill_(-5)  # the other buffer: the saved input is intact
+    y.sum().backward()
+    assert torch.equal(weight.grad, torch.full_like(weight, 2 * 36))
+    del y, other
+    gc.collect()
+    assert buffers.held() == 0
+    copy = pickle.loads(pickle.dumps(buffers))
+    assert copy.slots == 2 and copy._buffers == [] and len(buffers._buffers) == 2
+    bigger = buffers.empty((8, 3, 8, 8), torch.float32)  # a free buffer too small is replaced
+    assert bigger is not None and len(buffers._buffers) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_float32_batches_are_normalize_of_uint8_bit_for_bit(split, workers):
+    """image_dtype="float32" gives exactly images.normalize of the uint8 batches, with and without workers."""
+    from bioscan_io.images import normalize
+
+    kw = dict(modality="image", batch_size=16, seed=3, train=True)
+    base = _values(make_loader(split, "classify", **kw))
+    got = _values(make_loader(split, "classify", image_dtype="float32", num_workers=workers, pin_memory=False, **kw))
+    assert got.keys() == base.keys() and len(got) == 400
+    for pid, row in base.items():
+        want = normalize(row["image"][None])[0]
+        assert got[pid]["image"].dtype == torch.float32
+        assert torch.equal(got[pid]["image"].view(torch.int32), want.view(torch.int32)), pid
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_without_workers_batches_reuse_two_buffers_and_kept_ones_stay_intact(split, dtype):
+    """num_workers=0: a plain loop cycles through two buffers; a batch kept (whole, as a view, as numpy, or
+    saved by autograd) is never written again, and its buffer comes back once it is dropped."""
+    kw = dict(modality="image", batch_size=16, seed=4, image_dtype=dtype)
+    loader = make_loader(split, "classify", **kw)
+    task = loader.dataset.task
+    ptrs = [batch["image"].data_ptr() for batch in loader]
+    assert len(ptrs) == 25 and len(set(ptrs)) == 2 and task._buffers.held() <= 1
+
+    buffers = task._buffers = handover.BatchBuffers(slots=10)  # the first 10 kept batches lie in reused buffers
+    kept, copies = [], []
+    weight = torch.ones(1, 3, 1, 1, requires_grad=True)
+    for i, batch in enumerate(loader):
+        image = batch["image"]
+        copies.append(image.clone())
+        if i % 4 == 0:
+            kept.append(image)
+        elif i % 4 == 1:
+            kept.append(image[3:9])
+        elif i % 4 == 2:
+            kept.append(image.numpy())
+        elif dtype == "float32":
+            kept.append(torch.nn.functional.conv2d(image, weight))  # the graph keeps the input
+        else:
+            kept.append(image.view(-1))
+    del batch, image
+    gc.collect()
+    assert buffers.held() == 10  # every buffer held by a kept batch: the later ones were made in new memory
+    for i, item in enumerate(kept):
+        if i % 4 == 0:
+            assert torch.equal(item, copies[i])
+        elif i % 4 == 1:
+            assert torch.equal(item, copies[i][3:9])
+        elif i % 4 == 2:
+            assert np.array_equal(item, copies[i].numpy())
+        elif dtype == "float32":
+            item.sum().backward()
+            again = torch.ones(1, 3, 1, 1, requires_grad=True)
+            torch.nn.functional.conv2d(copies[i], again).sum().backward()  # the same on the copy made then
+            assert torch.equal(weight.grad, again.grad)
+            weight.grad = None
+        else:
+            assert torch.equal(item, copies[i].view(-1))
+    del kept, item
+    gc.collect()
+    assert buffers.held() == 0

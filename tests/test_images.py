@@ -89,6 +89,50 @@ def test_stack_uint8_float32_and_hwc_arrays(jpegs):
         im.stack([prepared[0], im.decode_train(datas[0], 160, random.Random(0))])
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def test_float32_is_normalize_bit_for_bit_on_many_images(jpegs):
+    """stack(..., "float32") normalises each image as it is made: exactly normalize(stack(...)), every bit."""
+    from bioscan_io import handover
+
+    rng = np.random.default_rng(7)
+    datas = list(jpegs.values()) + [_jpeg(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+                                    for w, h in ((256, 300), (320, 256), (256, 256))]
+    buffers = handover.BatchBuffers()
+    n = 0
+    for seed in range(6):
+        for size, train, dct in ((224, True, True), (224, True, False), (160, False, True), (97, True, True)):
+            prepared = [im.decode_train(d, size, random.Random(seed * 100 + i), dct_scaling=dct, vflip=seed % 2 == 1)
+                        if train else im.decode_eval(d, size, size + 32) for i, d in enumerate(datas)]
+            u8 = im.stack(prepared)
+            want = _bits(im.normalize(u8))
+            assert torch.equal(_bits(im.stack(prepared, "float32")), want)
+            assert torch.equal(_bits(im.stack(prepared, "float32", buffers=buffers)), want)
+            assert torch.equal(_bits(im.stack([p.hwc() for p in prepared], "float32")), want)
+            n += len(prepared)
+    assert n == 24 * len(datas)
+    assert buffers.held() == 0 and len(buffers._buffers) <= 2
+
+
+def test_the_compiled_normalisation_is_exact_on_every_level(monkeypatch):
+    """The kernel's output depends on (level, channel) only: all 768 pairs equal normalize's bits (checked
+    once per process, and in use here); PyTorch's own ops, the fallback, give them too."""
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 7, 256).contiguous()
+    want = _bits(im.normalize(levels))
+    assert im._kernel_args() is not False  # this build's kernel is exact: it is the one used
+    for kernel in (im._KERNEL, False):
+        monkeypatch.setattr(im, "_KERNEL", kernel)
+        got = np.empty((3, 7 * 256), np.float32)
+        im._normalize_planes(levels[0].numpy().reshape(3, -1), got)
+        assert torch.equal(_bits(torch.from_numpy(got).view(1, 3, 7, 256)), want)
+    with pytest.raises(BioscanError, match="normalising planes"):
+        im._normalize_planes(levels[0].numpy().reshape(3, -1), np.empty((3, 10), np.float32))
+    with pytest.raises(BioscanError, match="dtype"):
+        im.stack([levels[0].numpy().transpose(1, 2, 0)], "float16")
+
+
 class _Batches(torch.utils.data.IterableDataset):
     def __init__(self, data):
         self.data = data

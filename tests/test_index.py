@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,22 @@ def test_corrupt_index_is_a_named_error(split):
         epoch(split, "mlm")
     kinds = [p.kind for p in verify_split(split).problems]
     assert set(kinds) == {"missing_index", "missing_record"} and kinds.count("missing_record") == entry["count"]
+
+
+def test_index_changed_in_place_after_a_read_is_checked_again(split):
+    """A process keeps the indexes it checked open; one written over since, its mtime put back, is refused."""
+    assert epoch(split, "mlm")  # every index read and checked: kept open by this process
+    entry = read_manifest(split)["shards"][0]
+    path = split / entry["index"]["name"]
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[data.index(b"ACG")] = ord("T")
+    time.sleep(0.05)  # the kernel stamps files with a coarse clock: let the change time move on
+    with open(path, "r+b") as f:  # in place: the same inode and size
+        f.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same modification time
+    with pytest.raises(BioscanError, match=rf"shard index .*{entry['index']['name']} is corrupt: sha256"):
+        epoch(split, "mlm")
 
 
 def test_stale_index_is_a_named_error(split):

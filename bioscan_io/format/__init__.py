@@ -22,7 +22,8 @@ tar.py         the tar writer, and the one Python reader (pax shards, ``verify``
 """
 
 from .index import (INDEX_SUFFIX, RECORD_FIELDS, build_index, check_index, index_from_shard, index_name,
-                    index_problems, index_split, load_index, open_index, verify_shard_file, write_index)
+                    index_problems, index_split, load_index, load_index_columns, open_index, verify_shard_file,
+                    write_index)
 from .manifest import (FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MISSING_REPORT, READABLE_VERSIONS, ShardInfo,
                        is_count, labels_path, listed_shards, manifest_problems, parse_manifest, publish_order,
                        read_labels, read_manifest, shard_entries, split_folder_of, write_json)
@@ -33,7 +34,8 @@ from .tar import TAR_MTIME, Sample, TarFault, TarReader, TarSink, end_of_archive
 __all__ = [
     # index.py
     "INDEX_SUFFIX", "RECORD_FIELDS", "build_index", "check_index", "index_from_shard", "index_name",
-    "index_problems", "index_split", "load_index", "open_index", "verify_shard_file", "write_index",
+    "index_problems", "index_split", "load_index", "load_index_columns", "open_index", "verify_shard_file",
+    "write_index",
     # manifest.py
     "FORMAT", "FORMAT_VERSION", "LABELS", "MANIFEST", "MISSING_REPORT", "READABLE_VERSIONS", "ShardInfo",
     "is_count", "labels_path", "listed_shards", "manifest_problems", "parse_manifest", "publish_order",

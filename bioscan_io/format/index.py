@@ -33,12 +33,13 @@ import pyarrow as pa
 
 from ..atomic import replacing
 from ..columns import SortedKeys
+from ..gathered import Column
 from ..schema import MISSING_LABEL, RANKS, BioscanError
 from .members import MEMBERS, parse_records
 
-__all__ = ["INDEX_SUFFIX", "RECORD_FIELDS", "index_name", "build_index", "write_index", "open_index",
-           "check_index", "verify_index_file", "verify_shard_file", "load_index", "index_from_shard", "describes",
-           "index_split", "index_problems"]
+__all__ = ["INDEX_SUFFIX", "RECORD_FIELDS", "IndexColumns", "index_name", "build_index", "write_index", "open_index",
+           "check_index", "verify_index_file", "verify_shard_file", "load_index", "load_index_columns",
+           "index_from_shard", "describes", "index_split", "index_problems"]
 
 INDEX_SUFFIX = ".idx.arrow"
 #: The ``.json`` record fields an index carries (what the tasks read of a record).
@@ -117,6 +118,11 @@ def open_index(path: str, name: str | None = None) -> pa.Table:
 
 
 def load_index(path: str, entry: dict, name: str | None = None) -> pa.Table:
+    """The index of the manifest's shard ``entry``, checked (:func:`load_index_columns`'s table)."""
+    return load_index_columns(path, entry, name).table
+
+
+def load_index_columns(path: str, entry: dict, name: str | None = None) -> IndexColumns:
     """The index of the manifest's shard ``entry``, checked: its bytes and sha256, then what it describes.
 
     What the loader calls; every way an index can be wrong (cut, flipped, stale,
@@ -133,18 +139,52 @@ def load_index(path: str, entry: dict, name: str | None = None) -> pa.Table:
     except OSError as exc:  # a folder it may not search
         raise BioscanError(f"cannot read shard index {name}: {exc.strerror or exc}") from None
     listed = entry.get("index") or {}
-    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, listed.get("sha256"), entry.get("name"),
-           entry.get("bytes"), entry.get("sha256"), entry.get("count"))
-    table = _OPEN.get(key)
-    if table is None:
+    key = (str(path), *_identity(stat), listed.get("sha256"), entry.get("name"), entry.get("bytes"),
+           entry.get("sha256"), entry.get("count"))
+    opened = _OPEN.get(key)
+    if opened is None:
         verify_index_file(path, entry, name)
-        table = open_index(path, name)
-        check_index(table, entry, name)
-        _OPEN[key] = table
+        opened = IndexColumns(open_index(path, name))
+        check_index(opened.table, entry, name)
+        _OPEN[key] = opened
         while len(_OPEN) > OPEN_INDEXES:
             _OPEN.popitem(last=False)
     _OPEN.move_to_end(key)
-    return table
+    return opened
+
+
+class IndexColumns:
+    """A checked, memory-mapped index, with its string columns as the kernels read them (made once).
+
+    What :func:`load_index_columns` keeps open: reading rows of an index again
+    and again (every item of every epoch) then costs no conversion of its
+    columns beyond the first.
+    """
+
+    __slots__ = ("table", "_columns")
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self._columns: dict = {}
+
+    def column(self, name: str) -> Column:
+        """String column ``name`` as a :class:`~bioscan_io.gathered.Column` (its kernel chunk, its hashes)."""
+        got = self._columns.get(name)
+        if got is None:
+            # One chunk, as written: combining copies nothing.
+            got = self._columns[name] = Column(self.table.column(name).combine_chunks())
+        return got
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    """What tells a file from another, or from itself changed, without reading it.
+
+    The change time (``st_ctime_ns``) too: the modification time can be set back
+    (``touch -d``, ``cp -p``, ``rsync -t``), the change time only moves forward,
+    on every write and every metadata change (a check then runs again, never
+    skips one).
+    """
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 #: Checked indexes kept open per process (a memory map each; an index is about 1 KB per sample).
@@ -229,7 +269,7 @@ def verify_shard_file(path: str, entry: dict, name: str) -> None:
 def _verify_once(path: str, listed: dict, what: str, hint: str) -> None:
     try:
         stat = os.stat(path)
-        key = (what, stat.st_size, stat.st_mtime_ns, listed.get("sha256"))
+        key = (what, str(path), *_identity(stat), listed.get("sha256"), listed.get("bytes"))
         if key in _VERIFIED:
             return
         if stat.st_size != listed.get("bytes"):

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from ..gathered import Gathered
 from ..schema import BioscanError
 
 try:
@@ -283,33 +284,43 @@ def _python_read(path: str, start: int, stop: int, exts: tuple[str, ...], name: 
     return keys, values, present, error
 
 
-def take_indexed(index: pa.Table, rows, exts, tar: str | None = None, name: str | None = None) -> tuple:
+def take_indexed(index, rows, exts, tar: str | None = None, name: str | None = None) -> tuple:
     """:func:`take_local` of a shard that has an index (``format.index``): no header walk.
 
-    The barcodes come from the index's ``dna`` column and the record fields as
-    one ``"record"`` struct column (in place of the ``.json`` bytes), from the
-    memory-mapped index; only the images are read from the ``tar`` (a local
-    path), at the offsets the index gives, each checked against the tar header
-    before it. A tar of another size than its index describes (cut, garbage
-    appended, replaced) makes every row asked for unreadable: the whole shard
-    is lost to the tasks that read images. A row whose image does not follow
+    The barcodes come from the index's ``dna`` column, as a
+    :class:`~bioscan_io.gathered.Gathered` of it (the rows' bytes read in place,
+    never copied), and the record fields as one ``"record"`` struct column (in
+    place of the ``.json`` bytes), from the memory-mapped index; only the
+    images are read from the ``tar`` (a local path), at the offsets the index
+    gives, each checked against the tar header before it. A tar of another
+    size than its index describes (cut, garbage appended, replaced) makes every
+    row asked for unreadable: the whole shard is lost to the tasks that read
+    images. A row whose image does not follow
     its own tar header (that header damaged in place, or a stale index) is lost
     alone, with the fault of the first such row.
-    """
-    from .index import RECORD_FIELDS
 
+    ``index``: the index table, or its :class:`~bioscan_io.format.index.IndexColumns`
+    (what the loader keeps open, with what it derived from its columns). The
+    ids (``__key__``) are a ``Gathered`` too.
+    """
+    from .index import RECORD_FIELDS, IndexColumns
+
+    columns = index if isinstance(index, IndexColumns) else IndexColumns(index)
+    index = columns.table
     rows = np.asarray(rows, np.int64)
     name = name or tar
-    wanted = ["processid"] + ["dna"] * ("dna" in exts) + list(RECORD_FIELDS) * ("json" in exts) \
-        + ["jpg_offset", "jpg_size"] * ("jpg" in exts)
-    table = index.select(wanted)
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
-        part = table.slice(int(rows[0]), len(rows))  # a run in shard order (no shuffle): zero-copy
+    # The ids and barcodes stay in the index, their rows' offsets permuted (gathered.py).
+    block: dict = {"__key__": Gathered.of(columns.column("processid"), rows)}
+    if "dna" in exts:  # the same rows: checked already
+        block["dna"] = Gathered.of(columns.column("dna"), rows, checked=True)
+    wanted = list(RECORD_FIELDS) * ("json" in exts) + ["processid", "jpg_offset", "jpg_size"] * ("jpg" in exts)
+    if not wanted:
+        return block, np.arange(len(rows)), [], None
+    n = len(rows)
+    if n and rows[-1] - rows[0] + 1 == n and (n == 1 or bool((np.diff(rows) == 1).all())):
+        part = index.select(wanted).slice(int(rows[0]), n)  # a run in shard order (no shuffle): zero-copy
     else:
-        part = table.take(pa.array(rows, pa.int64()))
-    block = {"__key__": part.column("processid").combine_chunks()}
-    if "dna" in exts:
-        block["dna"] = part.column("dna").combine_chunks()
+        part = index.select(wanted).take(pa.array(rows, pa.int64()))
     if "json" in exts:
         block["record"] = pa.StructArray.from_arrays(
             [part.column(f).combine_chunks() for f in RECORD_FIELDS], names=list(RECORD_FIELDS))
