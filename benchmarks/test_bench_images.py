@@ -126,17 +126,16 @@ class PerFileImages(torch.utils.data.Dataset):
         return x, self.labels[index]
 
 
-class PerFileLoader:
-    """The per-file baseline in this process (pillow-simd)."""
+class MapStyleLoader:
+    """A map-style Dataset under ``DataLoader(shuffle=True)`` with the default collate, one epoch per call."""
 
-    name = "per-file"
-
-    def __init__(self, paths, labels, workers: int, batch_size: int, seed: int = 0):
+    def __init__(self, name: str, dataset, workers: int, batch_size: int, seed: int = 0):
+        self.name = name
         gen = torch.Generator().manual_seed(seed)
         kw = {"persistent_workers": True} if workers else {}
-        self.loader = torch.utils.data.DataLoader(PerFileImages(paths, labels), batch_size=batch_size, shuffle=True,
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                                   num_workers=workers, generator=gen, **kw)
-        self.epoch()  # warm: workers started, files in page cache
+        self.epoch()  # warm
 
     def epoch(self) -> tuple[float, int]:
         t0 = time.perf_counter()
@@ -147,6 +146,13 @@ class PerFileLoader:
 
     def close(self):
         del self.loader
+
+
+class PerFileLoader(MapStyleLoader):
+    """The per-file baseline in this process (pillow-simd)."""
+
+    def __init__(self, paths, labels, workers: int, batch_size: int, seed: int = 0):
+        super().__init__("per-file", PerFileImages(paths, labels), workers, batch_size, seed)
 
 
 def _serve(config: dict) -> None:
@@ -356,28 +362,6 @@ class PerFileFloat(torch.utils.data.Dataset):
         from PIL import Image
 
         return self.transform(Image.open(self.paths[index]).convert("RGB")), self.labels[index]
-
-
-class MapStyleLoader:
-    """A map-style Dataset under ``DataLoader(shuffle=True)`` with the default collate, one epoch per call."""
-
-    def __init__(self, name: str, dataset, workers: int, batch_size: int, seed: int = 0):
-        self.name = name
-        gen = torch.Generator().manual_seed(seed)
-        kw = {"persistent_workers": True} if workers else {}
-        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                  num_workers=workers, generator=gen, **kw)
-        self.epoch()  # warm
-
-    def epoch(self) -> tuple[float, int]:
-        t0 = time.perf_counter()
-        n = 0
-        for x, _y in self.loader:
-            n += len(x)
-        return time.perf_counter() - t0, n
-
-    def close(self):
-        del self.loader
 
 
 # ----------------------------------------------------------------------------- fixtures
