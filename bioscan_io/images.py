@@ -42,13 +42,14 @@ The fused path does each step once, with the least work:
    resampler); a box the size of the output on whole pixels (evaluation of a
    ``cropped_256`` image) is a plain crop;
 6. flips and the HWC -> CHW change happen while the three planes are copied
-   into the batch, which is allocated once (in shared memory inside a
+   into the batch (:mod:`bioscan_io.planes`: one compiled pass over PIL's
+   own pixel memory where PIL exports it), which is allocated once (in shared memory inside a
    DataLoader worker, so it is not copied again on its way to the main
    process; without workers, in one of a few buffers the loader reuses once
    the batch made in it before is gone) and pre-faulted in one system call.
    A float32 batch gets no uint8 batch in between: each image's planes are
    made in one small array and normalised from there into the batch by a
-   compiled loop (``bioscan_io._pixels``), the bits of :func:`normalize`;
+   compiled loop (:mod:`bioscan_io.planes`), the bits of :func:`normalize`;
 7. a rotation (``rotate=``) turns the small resized image before the copy.
    The chain it reproduces flips, then rotates by ``a``: as a mirror turns a
    rotation by ``a`` into one by ``-a`` (both flips, a half turn, commute with
@@ -69,22 +70,14 @@ import math
 import numbers
 import random
 import re
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import _pillow, jpeg_region
-
-try:
-    from . import _pixels
-except ImportError as exc:  # pragma: no cover - a tree whose extensions were built before it existed
-    raise ImportError(
-        "bioscan_io._pixels, the compiled pixel kernel, is not built. Build it from the project root with "
-        f"`pip install -e .` or `python setup.py build_ext --inplace` (needs Cython and a C compiler): {exc}"
-    ) from exc
 from .crop_boxes import DEFAULT_RATIO, eval_box, random_resized_crop_box, resized_size
-from .schema import RGB_MEAN, RGB_STD, BioscanError
+from .planes import normalize, normalize_planes, write_planes
+from .schema import BioscanError
 
 __all__ = ["EOI_SLACK", "MAX_ROTATE", "has_eoi", "decode", "resized_size", "random_resized_crop_box", "eval_box",
            "PreparedImage", "decode_train", "decode_eval", "train_transform", "eval_transform", "stack", "normalize"]
@@ -358,12 +351,7 @@ class PreparedImage:
 
     def write(self, out: np.ndarray) -> None:
         """Render into ``out``, a uint8 array of shape (3, height, width), flips applied."""
-        img = self._render()
-        w, h = self.size
-        ystep = -1 if self.vflip else 1  # the raw encoder writes the rows bottom up: a free vertical flip
-        for c, band in enumerate("RGB"):
-            plane = np.frombuffer(img.tobytes("raw", band, 0, ystep), np.uint8).reshape(h, w)
-            out[c] = plane[:, ::-1] if self.hflip else plane
+        write_planes(self._render(), out, self.hflip, self.vflip)
 
     def numpy(self) -> np.ndarray:
         """The image as a new uint8 CHW array."""
@@ -528,66 +516,5 @@ def stack(images: list, dtype: str = "uint8", *, buffers=None):
         else:
             planes[at] = np.asarray(x).transpose(2, 0, 1)
         if dtype != "uint8":
-            _normalize_planes(planes[0].reshape(3, h * w), out[i].reshape(3, h * w))
+            normalize_planes(planes[0].reshape(3, h * w), out[i].reshape(3, h * w))
     return batch
-
-
-def _mean_std(device=None):
-    """The dataset's mean and std as :func:`normalize` uses them: float32 tensors of shape (1, 3, 1, 1), times 255."""
-    import torch
-
-    mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) * 255
-    return mean, std
-
-
-def normalize(batch, out=None):
-    """uint8 NCHW tensor to float32, normalised by the dataset's mean and std (any device)."""
-    import torch
-
-    mean, std = _mean_std(batch.device)
-    if out is None:
-        return (batch.float() - mean) / std
-    torch.sub(batch, mean, out=out)
-    return out.div_(std)
-
-
-_KERNEL: Any = None  # (mean, std) as float32 arrays once the compiled kernel is checked; False: PyTorch's ops
-
-
-def _kernel_args():
-    """The compiled kernel's mean and std, or False where it does not give :func:`normalize`'s bits (checked once).
-
-    The output is a function of (level, channel) alone: the kernel and
-    :func:`normalize` are compared on all 256 levels of each channel, bit for bit.
-    """
-    global _KERNEL
-    if _KERNEL is None:
-        import torch
-
-        mean, std = (t.reshape(3).numpy().copy() for t in _mean_std())
-        levels = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
-        got = np.empty((3, 256), np.float32)
-        _pixels.normalize_planes(levels, got, mean, std)
-        want = normalize(torch.from_numpy(levels).view(1, 3, 1, 256)).reshape(3, 256).numpy()
-        _KERNEL = (mean, std) if np.array_equal(got.view(np.uint32), want.view(np.uint32)) else False
-    return _KERNEL
-
-
-def _normalize_planes(src: np.ndarray, dst: np.ndarray) -> None:
-    """``dst`` (float32) = ``src`` (uint8) normalised as :func:`normalize` does; C-contiguous, shape (3, pixels)."""
-    if (src.dtype != np.uint8 or dst.dtype != np.float32 or src.ndim != 2 or src.shape != dst.shape
-            or src.shape[0] != 3 or not src.flags.c_contiguous or not dst.flags.c_contiguous
-            or not dst.flags.writeable):
-        raise BioscanError(f"normalising planes: need uint8 and writable float32 C-contiguous arrays of one shape "
-                           f"(3, pixels); got {src.dtype} {src.shape} and {dst.dtype} {dst.shape}")
-    args = _kernel_args()
-    if args:
-        _pixels.normalize_planes(src, dst, *args)
-        return
-    import torch
-
-    mean, std = (t.view(3, 1) for t in _mean_std())
-    out = torch.from_numpy(dst)
-    torch.sub(torch.from_numpy(src), mean, out=out)
-    out.div_(std)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bioscan_io import images as im
+from bioscan_io import planes
 from bioscan_io.schema import RGB_MEAN, RGB_STD, BioscanError
 
 SIZES = [(272, 256), (256, 400), (256, 256), (401, 257), (631, 517), (1024, 768)]
@@ -116,19 +117,50 @@ def test_float32_is_normalize_bit_for_bit_on_many_images(jpegs):
     assert buffers.held() == 0 and len(buffers._buffers) <= 2
 
 
+def test_planes_from_pil_memory_equal_the_band_copies(monkeypatch):
+    """write_planes: the compiled de-interleave of PIL's exported memory gives the bytes of PIL's band copies
+    (the fallback), every flip, RGB and RGBX, widths around the SIMD step of 16; an image PIL cannot export
+    in one piece takes the fallback; a wrong output array is refused."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for w, h in ((224, 224), (37, 5), (1, 1), (16, 2), (33, 7)):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for mode in ("RGB", "RGBX"):
+            img = Image.fromarray(pixels).convert(mode)
+            if hasattr(img, "__arrow_c_array__"):
+                assert planes._pixel_memory(img) is not None  # the compiled path is the one under test
+            for hflip in (False, True):
+                for vflip in (False, True):
+                    want = pixels[::-1 if vflip else 1, ::-1 if hflip else 1].transpose(2, 0, 1)
+                    got = np.empty((3, h, w), np.uint8)
+                    planes.write_planes(img, got, hflip, vflip)
+                    assert np.array_equal(got, want)
+                    with monkeypatch.context() as m:
+                        m.setattr(planes, "_pixel_memory", lambda img: None)
+                        fallback = np.empty((3, h, w), np.uint8)
+                        planes.write_planes(img, fallback, hflip, vflip)
+                    assert np.array_equal(fallback, want)
+                    checked += 1
+    assert checked == 5 * 2 * 4
+    big = Image.new("RGB", (2400, 2400))  # past PIL's 16 MB block: not exportable in one piece
+    assert planes._pixel_memory(big) is None
+    with pytest.raises(BioscanError, match=r"writing planes: .*\(3, 5, 37\)"):
+        planes.write_planes(Image.new("RGB", (37, 5)), np.empty((3, 37, 5), np.uint8))
+
+
 def test_the_compiled_normalisation_is_exact_on_every_level(monkeypatch):
     """The kernel's output depends on (level, channel) only: all 768 pairs equal normalize's bits (checked
     once per process, and in use here); PyTorch's own ops, the fallback, give them too."""
     levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 7, 256).contiguous()
     want = _bits(im.normalize(levels))
-    assert im._kernel_args() is not False  # this build's kernel is exact: it is the one used
-    for kernel in (im._KERNEL, False):
-        monkeypatch.setattr(im, "_KERNEL", kernel)
+    assert planes._kernel_args() is not False  # this build's kernel is exact: it is the one used
+    for kernel in (planes._KERNEL, False):
+        monkeypatch.setattr(planes, "_KERNEL", kernel)
         got = np.empty((3, 7 * 256), np.float32)
-        im._normalize_planes(levels[0].numpy().reshape(3, -1), got)
+        planes.normalize_planes(levels[0].numpy().reshape(3, -1), got)
         assert torch.equal(_bits(torch.from_numpy(got).view(1, 3, 7, 256)), want)
     with pytest.raises(BioscanError, match="normalising planes"):
-        im._normalize_planes(levels[0].numpy().reshape(3, -1), np.empty((3, 10), np.float32))
+        planes.normalize_planes(levels[0].numpy().reshape(3, -1), np.empty((3, 10), np.float32))
     with pytest.raises(BioscanError, match="dtype"):
         im.stack([levels[0].numpy().transpose(1, 2, 0)], "float16")
 
