@@ -188,12 +188,20 @@ class Gathered:
 
     def to_pylist(self) -> list:
         """The rows as Python objects (as ``to_arrow().to_pylist()``)."""
+        import pyarrow as pa
+
+        from . import _kmer
+
         if len({p.array.type for p in self.pieces}) > 1:
             return self.to_arrow().to_pylist()
         out: list = []
         for p in self.pieces:
-            taken = p.array if p.rows is None else p.array.take(p.rows)
-            out += taken.to_pylist()
+            if p.array.null_count or not (pa.types.is_string(p.array.type) or pa.types.is_large_string(p.array.type)):
+                out += (p.array if p.rows is None else p.array.take(p.rows)).to_pylist()
+                continue
+            # strings straight from the rows' bytes: no taken copy, no Arrow scalar per row
+            rows = Gathered([p], checked=True).chunks("strings")[0]
+            out += _kmer.utf8_strings(rows.data, rows.starts, rows.ends)
         return out
 
 

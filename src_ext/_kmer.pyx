@@ -17,6 +17,7 @@ object per sequence.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 ctypedef fused out_t:
     int32_t
@@ -138,6 +139,24 @@ cdef inline int64_t mod_k(uint64_t h, int k) noexcept nogil:
     elif k == 8:
         return <int64_t>(h % 8)
     return <int64_t>(h % <uint64_t>k)
+
+
+def utf8_strings(const uint8_t[::1] data, const int64_t[::1] starts, const int64_t[::1] ends):
+    """``[bytes(data[starts[i]:ends[i]]).decode() for each i]``: Python strings made straight from the rows.
+
+    What ``pyarrow.StringArray.take(rows).to_pylist()`` gives, without the
+    taken copy (:meth:`bioscan_io.gathered.Gathered.to_pylist`); each row is
+    checked to lie inside ``data``, and invalid UTF-8 raises
+    ``UnicodeDecodeError``.
+    """
+    cdef Py_ssize_t i, n = starts.shape[0], size = data.shape[0]
+    cdef const char* base = <const char*>&data[0] if size > 0 else NULL
+    out = [None] * n
+    for i in range(n):
+        if not 0 <= starts[i] <= ends[i] <= size:
+            raise IndexError(f"row {i} ({starts[i]}:{ends[i]}) is outside the {size} bytes of data")
+        out[i] = PyUnicode_DecodeUTF8(base + starts[i], ends[i] - starts[i], NULL) if ends[i] > starts[i] else ""
+    return out
 
 
 def hash_strings(const uint8_t[::1] data, const int64_t[::1] starts,

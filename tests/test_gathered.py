@@ -78,6 +78,36 @@ def test_take_filter_and_concat_are_pyarrows(arrays):
     assert len(empty) == 0 and empty.to_arrow().type == pa.string() and empty.chunks("x")[0].starts.size == 0
 
 
+def test_python_strings_are_those_of_the_taken_rows(arrays):
+    """to_pylist makes each row's str from its bytes (compiled): what take + to_pylist gives, every kind of piece
+    -- kept columns and bare arrays, large strings, empty and non-ASCII rows, a slice, nulls and binary (Arrow's
+    own conversion)."""
+    dna, ids, rows = arrays
+    odd = pa.array(["", "é-ü", "BIOUG1234-A01", "", "日本", "x"] * 20, pa.large_string()).slice(3, 100)
+    pick = RNG.permutation(100)[:60]
+    parts = [Gathered.of(Column(ids), rows), Gathered.of(ids, rows[:40]), Gathered.of(odd, pick), Gathered.of(odd)]
+    for part in parts:
+        arrow, taken = part.pieces[0].array, part.pieces[0].rows
+        want = (arrow if taken is None else arrow.take(pa.array(taken))).to_pylist()
+        assert part.to_pylist() == want
+    nulls = Gathered.of(dna, rows)  # row 3 is null: None, as Arrow says
+    assert nulls.to_pylist() == dna.take(pa.array(rows)).to_pylist() and None in nulls.to_pylist()
+    binary = pa.array([b"\xff\x00", b"ab"], pa.binary())
+    assert Gathered.of(binary, np.array([1, 0])).to_pylist() == [b"ab", b"\xff\x00"]
+
+
+def test_the_string_kernel_refuses_rows_outside_its_data():
+    from bioscan_io import _kmer
+
+    data = np.frombuffer(b"abcdef", np.uint8)
+    assert _kmer.utf8_strings(data, np.array([0, 2, 6]), np.array([2, 6, 6])) == ["ab", "cdef", ""]
+    for starts, ends in (([0], [7]), ([-1], [2]), ([3], [2])):
+        with pytest.raises(IndexError, match="outside the 6 bytes"):
+            _kmer.utf8_strings(data, np.array(starts), np.array(ends))
+    with pytest.raises(UnicodeDecodeError):
+        _kmer.utf8_strings(np.frombuffer(b"\xff", np.uint8), np.array([0]), np.array([1]))
+
+
 @pytest.mark.parametrize("bad", [[-1], [300], [0, 5, 1000]])
 def test_rows_outside_the_array_are_refused(arrays, bad):
     dna, _, _ = arrays
