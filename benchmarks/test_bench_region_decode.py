@@ -22,22 +22,33 @@ Timed epochs are interleaved round by round (``rounds.py``); the ratios are the
 medians of per-round ratios, the rates best and median rounds. Each epoch's CPU
 time (``time.thread_time``) is kept too, and its paired ratios printed: on a
 shared machine (load above its cores) wall time mostly measures the other jobs,
-CPU time the work. The targets are read on wall time. Targets (issue 27,
-Must show 2), asserted only with ``BIOSCAN_BENCH_STRICT=1``::
+CPU time the work. The targets are read on wall time.
+
+One process is not enough: pillow-simd's whole decode of the same files runs at
+one of two speeds for the whole life of a process (about 250 or 360 us a
+``cropped_256`` image on the 2-core VM, no page fault in either; the region
+pipeline stays within a few percent), so one process's ratio is 0.8x or 1.1x by
+the draw. Each comparison therefore runs in ``BIOSCAN_BENCH_REGION_PROCESSES``
+fresh processes (spawned one after another, default 5, each its own rounds) and
+the target is read on the median of their ratios; every process's ratio is
+printed. Targets (issue 27, Must show 2), asserted only with
+``BIOSCAN_BENCH_STRICT=1``::
 
     BIOSCAN_BENCH_STRICT=1 python -m pytest benchmarks/test_bench_region_decode.py -s -q -p no:cacheprovider
 
 ``cropped_256``: region decode >= 1.0x the rate of whole decode; ``original_full``:
 region decode >= 2x today's path. ``pytest benchmarks --benchmark-disable`` runs it
-once on a few images (smoke, nothing asserted). ``BIOSCAN_BENCH_REGION_IMAGES``
-(cropped_256 images, default 2048), ``BIOSCAN_BENCH_REGION_FULL`` (original_full
-images, default 384), ``BIOSCAN_BENCH_ROUNDS`` (rounds, default 7).
+once on a few images, in this process (smoke, nothing asserted).
+``BIOSCAN_BENCH_REGION_IMAGES`` (cropped_256 images, default 2048),
+``BIOSCAN_BENCH_REGION_FULL`` (original_full images, default 384),
+``BIOSCAN_BENCH_ROUNDS`` (rounds per process, default 3).
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import multiprocessing
 import os
 import random
 import shutil
@@ -56,7 +67,8 @@ from bioscan_io import jpeg_region, synth
 STRICT = os.environ.get("BIOSCAN_BENCH_STRICT", "") not in ("", "0")
 N_CROPPED = int(os.environ.get("BIOSCAN_BENCH_REGION_IMAGES", "2048"))
 N_FULL = int(os.environ.get("BIOSCAN_BENCH_REGION_FULL", "384"))
-ROUNDS = int(os.environ.get("BIOSCAN_BENCH_ROUNDS", "7"))
+ROUNDS = int(os.environ.get("BIOSCAN_BENCH_ROUNDS", "3"))
+PROCESSES = int(os.environ.get("BIOSCAN_BENCH_REGION_PROCESSES", "5"))
 SMOKE_IMAGES, BATCH, SIZE = 16, 256, 224
 TARGET_VS_WHOLE, TARGET_FULL_VS_TODAY = 1.0, 2.0
 
@@ -170,8 +182,8 @@ def _compare(jpegs: list[bytes], rounds: int, label: str) -> dict[str, list[floa
 
 
 @pytest.fixture(scope="module")
-def jpegs(smoke) -> dict[str, list[bytes]]:
-    """The generator's cropped_256 and original_full JPEGs in memory (a folder of its own, removed after)."""
+def jpegs(smoke) -> dict[str, list[Path]]:
+    """The generator's cropped_256 and original_full JPEG files (a folder of its own, removed after)."""
     base = Path(tempfile.mkdtemp(prefix="bioscan-bench-region-"))
     out = {}
     try:
@@ -179,7 +191,7 @@ def jpegs(smoke) -> dict[str, list[bytes]]:
             n = SMOKE_IMAGES if smoke else n
             root = base / package
             synth.generate(root, n_records=n, seed=seed, package=package, workers=2)
-            out[package] = [p.read_bytes() for p in sorted((root / "bioscan5m" / "images").rglob("*.jpg"))][:n]
+            out[package] = sorted((root / "bioscan5m" / "images").rglob("*.jpg"))[:n]
         yield out
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -191,29 +203,53 @@ def region_on():
         pytest.skip(f"nothing to measure: {jpeg_region.describe()}")
 
 
+def _read(files: list[Path]) -> list[bytes]:
+    return [f.read_bytes() for f in files]
+
+
+def _ratios(files: list[Path], rounds: int, label: str) -> dict[str, float]:
+    """One process's comparison (printed): region vs whole decode and vs today's path, as rate ratios."""
+    t = _compare(_read(files), rounds, label)
+    return {"whole": 1 / paired(t, "region", "whole"), "today": 1 / paired(t, "region", "today")}
+
+
+def _median_over_processes(files: list[Path], smoke: bool, label: str) -> dict[str, float]:
+    """:func:`_ratios` in fresh processes, one after another (module docstring: why); the medians, printed."""
+    if smoke:
+        return _ratios(files, 1, label)
+    spawn = multiprocessing.get_context("spawn")
+    per: list[dict[str, float]] = []
+    for i in range(PROCESSES):
+        with spawn.Pool(1) as pool:
+            per.append(pool.apply(_ratios, (files, ROUNDS, f"{label}, process {i + 1} of {PROCESSES}")))
+    out = {k: statistics.median(r[k] for r in per) for k in per[0]}
+    for k, what in (("whole", "whole decode"), ("today", "today's path")):
+        print(f"  {label}: region decode vs {what}, per process: {', '.join(f'{r[k]:.2f}x' for r in per)}; "
+              f"median {out[k]:.2f}x")
+    return out
+
+
 def test_bench_region_decode_cropped_256(benchmark, jpegs, smoke):
-    pipe = Augment("region decode", jpegs["cropped_256"], True)
+    pipe = Augment("region decode", _read(jpegs["cropped_256"]), True)
     benchmark.pedantic(pipe.epoch, rounds=1 if smoke else 3, iterations=1)
 
 
 def test_bench_todays_path_cropped_256(benchmark, jpegs, smoke):
-    pipe = Augment("today's path", jpegs["cropped_256"], False)
+    pipe = Augment("today's path", _read(jpegs["cropped_256"]), False)
     benchmark.pedantic(pipe.epoch, rounds=1 if smoke else 3, iterations=1)
 
 
 def test_bench_whole_decode_cropped_256(benchmark, jpegs, smoke):
-    benchmark.pedantic(WholeDecode(jpegs["cropped_256"]).epoch, rounds=1 if smoke else 3, iterations=1)
+    benchmark.pedantic(WholeDecode(_read(jpegs["cropped_256"])).epoch, rounds=1 if smoke else 3, iterations=1)
 
 
 def test_target_cropped_256_vs_whole_decode(jpegs, smoke):
-    t = _compare(jpegs["cropped_256"], 1 if smoke else ROUNDS, "cropped_256")
-    ratio = 1 / paired(t, "region", "whole")
+    ratio = _median_over_processes(jpegs["cropped_256"], smoke, "cropped_256")["whole"]
     if STRICT and not smoke:
         assert ratio >= TARGET_VS_WHOLE, f"region decode at {ratio:.2f}x whole decode < {TARGET_VS_WHOLE}x"
 
 
 def test_target_original_full_vs_todays_path(jpegs, smoke):
-    t = _compare(jpegs["original_full"], 1 if smoke else ROUNDS, "original_full (1024x768, 1152x768)")
-    ratio = 1 / paired(t, "region", "today")
+    ratio = _median_over_processes(jpegs["original_full"], smoke, "original_full (1024x768, 1152x768)")["today"]
     if STRICT and not smoke:
         assert ratio >= TARGET_FULL_VS_TODAY, f"region decode at {ratio:.2f}x today's path < {TARGET_FULL_VS_TODAY}x"
