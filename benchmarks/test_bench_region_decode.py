@@ -25,14 +25,14 @@ shared machine (load above its cores) wall time mostly measures the other jobs,
 CPU time the work. The targets are read on wall time.
 
 One process is not enough: pillow-simd's whole decode of the same files runs at
-one of two speeds for the whole life of a process (about 250 or 360 us a
-``cropped_256`` image on the 2-core VM, no page fault in either; the region
-pipeline stays within a few percent), so one process's ratio is 0.8x or 1.1x by
-the draw. Each comparison therefore runs in ``BIOSCAN_BENCH_REGION_PROCESSES``
-fresh processes (spawned one after another, default 5, each its own rounds) and
-the target is read on the median of their ratios; every process's ratio is
-printed. Targets (issue 27, Must show 2), asserted only with
-``BIOSCAN_BENCH_STRICT=1``::
+one of two speeds, about 250 or 360 us a ``cropped_256`` image on the 2-core VM,
+by a state that lasts for rounds or for a whole process (no page fault in
+either; measured with ``getrusage``), so one process's ratio is 0.75x or 1.2x by
+the draw (the region pipeline varies less, 290-340 us). Each comparison
+therefore runs in ``BIOSCAN_BENCH_REGION_PROCESSES`` fresh processes (spawned one
+after another, default 5, each its own rounds) and the target is read on the
+median of their ratios; every process's ratio is printed. Targets (issue 27,
+Must show 2), asserted only with ``BIOSCAN_BENCH_STRICT=1``::
 
     BIOSCAN_BENCH_STRICT=1 python -m pytest benchmarks/test_bench_region_decode.py -s -q -p no:cacheprovider
 
