@@ -43,10 +43,11 @@ The fused path does each step once, with the least work:
    ``cropped_256`` image) is a plain crop;
 6. flips and the HWC -> CHW change happen while the three planes are copied
    into the batch (:mod:`bioscan_io.planes`: one compiled pass over PIL's
-   own pixel memory where PIL exports it), which is allocated once (in shared memory inside a
-   DataLoader worker, so it is not copied again on its way to the main
-   process; without workers, in one of a few buffers the loader reuses once
-   the batch made in it before is gone) and pre-faulted in one system call.
+   own pixel memory where PIL exports it), which is allocated once (in
+   shared memory inside a DataLoader worker, so it is not copied again on
+   its way to the main process; without workers, in one of a few buffers
+   the loader reuses once the batch made in it before is gone) and
+   pre-faulted in one system call.
    A float32 batch gets no uint8 batch in between: each image's planes are
    made in one small array and normalised from there into the batch by a
    compiled loop (:mod:`bioscan_io.planes`), the bits of :func:`normalize`;
@@ -258,6 +259,8 @@ def _level(v) -> bool:
 
 def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
     """Check ``pre_resize``, ``rotate`` and ``fill`` (one line naming the argument); the fill as RGB."""
+    if pre_resize is None and type(rotate) is float and rotate == 0.0 and type(fill) is int and fill == 0:
+        return _BLACK  # the defaults, every image of the default recipe: no isinstance walk
     if pre_resize is not None and (isinstance(pre_resize, bool) or not isinstance(pre_resize, numbers.Integral)
                                    or pre_resize < 1):
         raise BioscanError(f"pre_resize must be a positive integer or None; got {pre_resize!r}")

@@ -1,12 +1,12 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
-"""Compiled pixel kernel of :mod:`bioscan_io.images`: uint8 planes to normalised float32.
+"""Compiled pixel kernels of :mod:`bioscan_io.planes`: HWC pixels to flipped CHW planes, uint8 to float32.
 
-Arguments are checked by the Python wrapper (``images._normalize_planes``);
-this kernel trusts shapes and lengths, so that its loop stays short, free of
-the GIL and vectorised by the C compiler.
+Arguments are checked by the Python wrappers (``planes.write_planes``,
+``planes.normalize_planes``); these kernels trust shapes and lengths, so that
+their loops stay short, free of the GIL and vectorised by the C compiler.
 
-The arithmetic is the one of ``images.normalize`` (PyTorch's): the level
+The normalisation's arithmetic is the one of ``planes.normalize`` (PyTorch's): the level
 converted to float32, the channel's mean subtracted, the result divided by the
 channel's standard deviation, each step one IEEE float32 operation rounded to
 nearest. A C compiler that keeps float arithmetic in float (every 64-bit
@@ -38,8 +38,6 @@ def normalize_planes(const uint8_t[:, ::1] src, float[:, ::1] dst, const float[:
             b = &dst[c, 0]
             for i in range(n):
                 b[i] = (<float>a[i] - m) / s
-
-
 
 
 cdef extern from *:
@@ -86,6 +84,7 @@ cdef extern from *:
     """
     void bioscan_row_to_planes(const uint8_t* src, Py_ssize_t k, Py_ssize_t w, int hflip, uint8_t* r, uint8_t* g,
                                uint8_t* b) nogil
+
 
 def interleaved_to_planes(const uint8_t[:, :, ::1] src, uint8_t[:, :, ::1] dst, bint hflip, bint vflip):
     """``dst[c, y, x] = src[y', x', c]`` for ``c < 3``: HWC pixels (3 or 4 bytes each) to CHW planes, flipped.
