@@ -148,16 +148,7 @@ class Gathered:
 
     def chunks(self, what: str) -> list[Chunk]:
         """The rows as the kernels' chunks: each piece's buffers, its offsets permuted (no byte copied)."""
-        out = []
-        for p in self.pieces:
-            # as_chunks checks that every row lies inside the data buffer; rows
-            # picked from checked ones do too.
-            if p.column is not None:
-                out.append(p.column.chunk(p.rows))
-                continue
-            whole = as_chunks(p.array, what)[0]
-            out.append(whole if p.rows is None else Chunk(whole.data, whole.starts[p.rows], whole.ends[p.rows]))
-        return out
+        return [_chunk(p, what) for p in self.pieces]
 
     def hashes(self) -> np.ndarray:
         """The rows' :func:`bioscan_io.tokenizer.processid_keys` hashes: a kept column's, picked; else made."""
@@ -167,7 +158,7 @@ class Gathered:
                 whole = p.column.hashes()
                 parts.append(whole if p.rows is None else whole[p.rows])
             else:
-                parts.append(_hashes(Gathered([p], checked=True).chunks("processids")[0]))
+                parts.append(_hashes(_chunk(p, "processids")))
         return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
     def to_arrow(self) -> Any:
@@ -200,7 +191,7 @@ class Gathered:
                 out += (p.array if p.rows is None else p.array.take(p.rows)).to_pylist()
                 continue
             # strings straight from the rows' bytes: no taken copy, no Arrow scalar per row
-            rows = Gathered([p], checked=True).chunks("strings")[0]
+            rows = _chunk(p, "strings")
             out += _kmer.utf8_strings(rows.data, rows.starts, rows.ends)
         return out
 
@@ -218,6 +209,15 @@ def concat(parts: list) -> Gathered:
         else:
             pieces.append(Piece(part, None))
     return Gathered(pieces, checked=True)  # Gathered pieces are checked; the others are whole arrays
+
+
+def _chunk(p: Piece, what: str) -> Chunk:
+    """A piece's rows as the kernels read them: its buffers, its offsets permuted (no byte copied)."""
+    # as_chunks checks that every row lies inside the data buffer; rows picked from checked ones do too.
+    if p.column is not None:
+        return p.column.chunk(p.rows)
+    whole = as_chunks(p.array, what)[0]
+    return whole if p.rows is None else Chunk(whole.data, whole.starts[p.rows], whole.ends[p.rows])
 
 
 def _offsets(array: Any) -> np.ndarray:

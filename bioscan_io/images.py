@@ -259,8 +259,6 @@ def _level(v) -> bool:
 
 def _augment_args(pre_resize, rotate, fill) -> tuple[int, int, int]:
     """Check ``pre_resize``, ``rotate`` and ``fill`` (one line naming the argument); the fill as RGB."""
-    if pre_resize is None and type(rotate) is float and rotate == 0.0 and type(fill) is int and fill == 0:
-        return _BLACK  # the defaults, every image of the default recipe: no isinstance walk
     if pre_resize is not None and (isinstance(pre_resize, bool) or not isinstance(pre_resize, numbers.Integral)
                                    or pre_resize < 1):
         raise BioscanError(f"pre_resize must be a positive integer or None; got {pre_resize!r}")
